@@ -1,0 +1,88 @@
+"""Checkpoints: the heads' weights plus metadata, in safetensors (never pickle).
+
+safetensors holds only tensors and a JSON header, so loading one cannot run code,
+and it loads with numpy alone (no torch import on the `mtl predict` path). The
+frozen backbone is *not* stored: the metadata names it (identity + backend).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from mtl.atomic import write_bytes
+from mtl.errors import MTLError
+from mtl.tasks import Tasks
+
+FORMAT = "mtl-heads/1"
+
+
+@dataclass
+class Checkpoint:
+    state: dict[str, np.ndarray]
+    meta: dict
+
+    @property
+    def tasks(self) -> Tasks:
+        return self.meta["tasks"]
+
+
+def save_checkpoint(path: str | Path, state: dict[str, np.ndarray], meta: dict) -> None:
+    """Write atomically: an interrupted save leaves the previous checkpoint intact."""
+    from safetensors.numpy import save
+
+    meta = {"format": FORMAT, **meta}
+    data = save({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in state.items()}, metadata={"mtl": json.dumps(meta)})
+    write_bytes(path, data)
+
+
+def load_checkpoint(path: str | Path) -> Checkpoint:
+    """Load and sanity-check a checkpoint; any problem is a one-line MTLError."""
+    from safetensors import SafetensorError
+    from safetensors.numpy import load
+
+    path = Path(path)
+    if not path.exists():
+        raise MTLError(f"{path}: checkpoint not found; train one first with `mtl train`")
+    if path.is_dir():
+        raise MTLError(f"{path}: is a directory, expected a checkpoint file")
+    raw = path.read_bytes()
+    try:
+        state = load(raw)
+        header_len = int.from_bytes(raw[:8], "little")
+        meta = json.loads(json.loads(raw[8 : 8 + header_len]).get("__metadata__", {}).get("mtl", "null"))
+    except (SafetensorError, ValueError, UnicodeDecodeError, OverflowError) as exc:
+        raise MTLError(f"{path}: not an mtl checkpoint (unreadable safetensors file: {str(exc).splitlines()[0][:80]})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise MTLError(f"{path}: not an mtl checkpoint (no '{FORMAT}' metadata)")
+    ckpt = Checkpoint(state, meta)
+    _check_shapes(ckpt, path)
+    return ckpt
+
+
+def _check_shapes(ckpt: Checkpoint, path: Path) -> None:
+    dim = ckpt.meta.get("embedding_dim")
+    for task, labels in ckpt.tasks.items():
+        keys = sorted((k for k in ckpt.state if k.startswith(f"{task}.") and k.endswith(".weight")), key=lambda k: int(k.split(".")[1]))
+        if not keys:
+            raise MTLError(f"{path}: checkpoint lists task {task!r} but has no weights for it")
+        first, last = ckpt.state[keys[0]], ckpt.state[keys[-1]]
+        if first.shape[1] != dim or last.shape[0] != len(labels):
+            raise MTLError(f"{path}: weights for task {task!r} do not match its {len(labels)} labels / {dim}-d embedding")
+
+
+def check_compatible(ckpt: Checkpoint, path: str | Path, backbone_identity: str, dim: int, tasks: Tasks | None = None) -> None:
+    """Refuse a checkpoint made for another backbone, embedding size or label set."""
+    if ckpt.meta.get("backbone_identity") != backbone_identity:
+        raise MTLError(
+            f"{path}: checkpoint was trained on backbone {ckpt.meta.get('backbone_identity')!r}, "
+            f"not {backbone_identity!r}; pass the matching --backbone or retrain"
+        )
+    if ckpt.meta.get("embedding_dim") != dim:
+        raise MTLError(f"{path}: checkpoint expects {ckpt.meta.get('embedding_dim')}-d embeddings, the backbone gives {dim}-d")
+    for task, labels in (tasks or {}).items():
+        if task in ckpt.tasks and ckpt.tasks[task] != labels:
+            raise MTLError(f"{path}: checkpoint's {task} labels are {ckpt.tasks[task]}, expected {labels}")

@@ -1,0 +1,219 @@
+"""Command line: `mtl train | predict | evaluate | notebooks | compare`.
+
+Heavy imports happen inside each command, so `--help` and `predict` start fast.
+User mistakes print one line (`mtl <cmd>: error: ...`) and exit 2; `--debug` shows tracebacks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import warnings
+
+from mtl.errors import MTLError
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, no usage dump
+        print(f"{self.prog}: error: {message} (see --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def positive_int(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}") from None
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}")
+    return v
+
+
+def positive_float(s: str) -> float:
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {s!r}") from None
+    if not (v > 0 and math.isfinite(v)):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {s!r}")
+    return v
+
+
+def nonneg_int(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {s!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {s!r}")
+    return v
+
+
+def task_weights(s: str) -> dict[str, float]:
+    out = {}
+    for part in s.split(","):
+        name, _, val = part.partition("=")
+        try:
+            out[name.strip()] = positive_float(val)
+        except argparse.ArgumentTypeError:
+            raise argparse.ArgumentTypeError(f"expected task=weight[,task=weight], got {s!r}") from None
+    return out
+
+
+def _common(p: argparse.ArgumentParser, backend_default: str | None = "auto") -> None:
+    from mtl.backbone import BACKENDS, DEVICES
+
+    p.add_argument("--backend", choices=BACKENDS, default=backend_default, help="embedding backend (default: %(default)s)")
+    p.add_argument("--device", choices=DEVICES, default="auto", help="device for torch work (default: auto)")
+    p.add_argument("--cache-dir", default=None, help="embedding cache folder (default: .cache/)")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+
+
+def build_parser() -> Parser:
+    from mtl.train import BATCH_SIZE, EPOCHS, LR
+
+    ap = Parser(prog="mtl", description="Multi-task sentence classification on a frozen sentence-transformer.")
+    sub = ap.add_subparsers(dest="cmd", required=True, parser_class=Parser)
+
+    t = sub.add_parser("train", help="train the task heads on cached embeddings")
+    t.add_argument("--data", action="append", help="labelled CSV (repeatable; default data/sentences.csv)")
+    t.add_argument("--tasks", default=None, help="task=label,label;... (default: topic and sentiment)")
+    t.add_argument("--epochs", type=positive_int, default=EPOCHS)
+    t.add_argument("--lr", type=positive_float, default=LR)
+    t.add_argument("--batch-size", type=positive_int, default=BATCH_SIZE)
+    t.add_argument("--hidden", type=nonneg_int, default=0, help="hidden units per head (0: linear head)")
+    t.add_argument("--dropout", type=float, default=0.1)
+    t.add_argument("--weighting", choices=("static", "uncertainty"), default="static")
+    t.add_argument("--task-weights", type=task_weights, default={}, help="static loss weights, e.g. topic=1,sentiment=2")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--backbone", default="all-MiniLM-L6-v2", help="packaged model, a local folder, or a hub name")
+    t.add_argument("--out", default=None, help="checkpoint path (default saved_models/multi_task_model.safetensors)")
+    t.add_argument("--metrics", default=None, help="metrics JSON path (default saved_models/metrics.json)")
+    _common(t)
+
+    p = sub.add_parser("predict", help="label sentences with a trained checkpoint")
+    p.add_argument("inputs", nargs="*", help="text file (one per line), CSV with a text column, or - for stdin")
+    p.add_argument("--model", default=None)
+    p.add_argument("--format", choices=("table", "csv", "jsonl"), default="table")
+    _common(p, backend_default=None)
+
+    e = sub.add_parser("evaluate", help="score a checkpoint on a labelled CSV")
+    e.add_argument("--data", required=True)
+    e.add_argument("--model", default=None)
+    e.add_argument("--json", default=None, help="write the metrics here")
+    _common(e, backend_default=None)
+
+    n = sub.add_parser("notebooks", help="run the numbered notebooks headless with papermill")
+    n.add_argument("--epochs", type=positive_int, default=None)
+    n.add_argument("--lr", type=positive_float, default=None)
+    n.add_argument("--device", default=None)
+    n.add_argument("--seed", type=int, default=None)
+    n.add_argument("--only", nargs="*", default=None, help="notebook name prefixes, e.g. 01 03")
+    n.add_argument("--out", default=None, help="folder for executed copies (default runs/<timestamp>)")
+    n.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"))
+    n.add_argument("--debug", action="store_true")
+    return ap
+
+
+def cmd_train(a) -> int:
+    from mtl.evaluate import format_table
+    from mtl.pipeline import train_from_csv
+    from mtl.tasks import parse_tasks
+    from mtl.train import TrainConfig
+
+    cfg = TrainConfig(
+        epochs=a.epochs, lr=a.lr, batch_size=a.batch_size, hidden=a.hidden, dropout=a.dropout,
+        weighting=a.weighting, task_weights=a.task_weights, seed=a.seed, device=a.device,
+    )
+    res = train_from_csv(a.data, parse_tasks(a.tasks), cfg, a.backbone, a.backend, a.out, a.metrics, a.cache_dir)
+    print(format_table(res["metrics"]["train"], "train split (seen in training):"))
+    if "test" in res["metrics"]:
+        print(format_table(res["metrics"]["test"], "test split (held out):"))
+    for name, m in res["metrics"].get("by_source", {}).items():
+        print(format_table(m, f"{name}:"))
+    from mtl import paths
+
+    print(f"saved {a.out or paths.CHECKPOINT} and {a.metrics or paths.METRICS_JSON}", file=sys.stderr)
+    return 0
+
+
+def cmd_predict(a) -> int:
+    from mtl import paths
+    from mtl.data import read_inputs
+    from mtl.pipeline import predict
+
+    texts: list[str] = []
+    for src in a.inputs or [str(paths.TEST_SENTENCES)]:
+        texts += read_inputs(src)
+    rows = predict(texts, a.model, a.backend, a.device, a.cache_dir)
+    for i, r in enumerate(rows):
+        if r.get("error"):
+            print(f"warning: input {i + 1}: {r['error']}, no prediction", file=sys.stderr)
+    tasks = [k for k in rows[0] if k not in ("text", "error") and not k.endswith("_probs")] if rows else []
+    out = sys.stdout
+    if a.format == "jsonl":
+        for r in rows:
+            out.write(json.dumps(r, ensure_ascii=False) + "\n")
+    elif a.format == "csv":
+        import csv
+
+        cols = ["text"] + [f"{t}{suffix}" for t in tasks for suffix in ("", "_probs")]
+        w = csv.writer(out)
+        w.writerow(cols)
+        for r in rows:
+            w.writerow([r["text"]] + [json.dumps(r[c]) if c.endswith("_probs") else (r[c] or "") for c in cols[1:]])
+    else:
+        for r in rows:
+            preds = "  ".join(
+                f"{t}={r[t]} ({max(r[f'{t}_probs'].values()):.2f})" if r[t] else f"{t}=-" for t in tasks
+            )
+            text = r["text"] if len(r["text"]) <= 70 else r["text"][:67] + "..."
+            out.write(f"{text:<70}  {preds}\n")
+    return 0
+
+
+def cmd_evaluate(a) -> int:
+    from mtl.atomic import write_text
+    from mtl.evaluate import format_table
+    from mtl.pipeline import evaluate_csv
+
+    metrics = evaluate_csv(a.data, a.model, a.backend, a.device, a.cache_dir)
+    if not metrics:
+        raise MTLError(f"{a.data}: no labels for any task the model knows")
+    print(format_table(metrics, f"{a.data}:"))
+    if a.json:
+        write_text(a.json, json.dumps(metrics, indent=2))
+    return 0
+
+
+def cmd_notebooks(a) -> int:
+    from mtl.notebooks import run_all
+
+    params = {k: v for k, v in (("epochs", a.epochs), ("lr", a.lr), ("device", a.device), ("seed", a.seed)) if v is not None}
+    for name, value in a.param:
+        params[name] = json.loads(value) if value[:1] in "[{0123456789-" or value in ("true", "false") else value
+    run_all(params, only=a.only, out_dir=a.out)
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "predict": cmd_predict, "evaluate": cmd_evaluate, "notebooks": cmd_notebooks}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if not args.debug:
+        warnings.showwarning = lambda msg, cat, *rest, **kw: print(f"warning: {msg}", file=sys.stderr)
+    try:
+        return COMMANDS[args.cmd](args)
+    except MTLError as exc:
+        if args.debug:
+            raise
+        print(f"mtl {args.cmd}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"mtl {args.cmd}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0

@@ -1,0 +1,73 @@
+"""`encode(texts)`: embeddings through the cache, encoding only texts not seen before."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from mtl import paths
+from mtl.backbone import DEFAULT_BACKBONE, load_encoder, resolve_backbone, resolve_backend, resolve_device
+from mtl.cache import EmbeddingCache, text_key
+
+PROGRESS_FROM = 1000  # show a progress bar only for encodes this long
+CHUNK = 512  # texts per cache shard while encoding, so an interrupted encode keeps its progress
+
+
+@dataclass
+class EncodeStats:
+    encoded: int
+    cached: int
+    mode: str
+    backbone: str
+
+    def __str__(self) -> str:
+        return f"{self.encoded} encoded, {self.cached} from cache ({self.backbone}, {self.mode})"
+
+
+_ENCODERS: dict[tuple, object] = {}  # one loaded model per process and mode
+
+
+def encode(
+    texts: list[str],
+    backbone: str = DEFAULT_BACKBONE,
+    backend: str = "auto",
+    device: str = "auto",
+    cache_dir: Path | str | None = None,
+    batch_size: int = 32,
+    verbose: bool = False,
+) -> tuple[np.ndarray, EncodeStats]:
+    """Embed `texts` (L2-normalised, float32), reading and filling the on-disk cache."""
+    spec = resolve_backbone(backbone)
+    dev = "cpu" if backend in ("onnx", "int8") else resolve_device(device)
+    mode = resolve_backend(backend, dev)
+    cache = EmbeddingCache(Path(cache_dir or paths.CACHE_DIR), spec.identity, mode)
+    stored = cache.load()
+    keys = [text_key(t) for t in texts]
+    todo = list(dict.fromkeys(k for k in keys if k not in stored))
+    if todo:
+        enc_key = (spec.identity, mode, dev)
+        if enc_key not in _ENCODERS:
+            _ENCODERS[enc_key] = load_encoder(spec, mode, dev, Path(cache_dir or paths.CACHE_DIR))
+        encoder = _ENCODERS[enc_key]
+        first = {k: t for k, t in zip(keys, texts)}
+        bar = None
+        if len(todo) >= PROGRESS_FROM:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(todo), desc="encoding", unit="sent", file=sys.stderr)
+        for start in range(0, len(todo), CHUNK):
+            chunk = todo[start : start + CHUNK]
+            cache.put(chunk, encoder.encode([first[k] for k in chunk], batch_size=batch_size))
+            if bar is not None:
+                bar.update(len(chunk))
+        if bar is not None:
+            bar.close()
+        stored = cache.load()
+    stats = EncodeStats(encoded=len(todo), cached=len(set(keys)) - len(todo), mode=mode, backbone=spec.identity)
+    if verbose:
+        print(f"embeddings: {stats}", file=sys.stderr)
+    out = np.stack([stored[k] for k in keys]) if keys else np.zeros((0, 0), dtype=np.float32)
+    return out.astype(np.float32, copy=False), stats

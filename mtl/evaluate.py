@@ -1,0 +1,49 @@
+"""Metrics per task with scikit-learn; rows without a label for a task are skipped for it."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mtl.tasks import Tasks
+
+
+def task_metrics(y_true: np.ndarray, y_pred: np.ndarray, labels: list[str]) -> dict:
+    """Accuracy, macro-F1, macro-recall, per-class precision/recall/F1 and the confusion matrix."""
+    from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support, recall_score
+
+    mask = y_true >= 0
+    yt, yp = y_true[mask], y_pred[mask]
+    ids = list(range(len(labels)))
+    if len(yt) == 0:
+        return {"n": 0}
+    p, r, f, s = precision_recall_fscore_support(yt, yp, labels=ids, zero_division=0)
+    return {
+        "n": int(len(yt)),
+        "accuracy": float(accuracy_score(yt, yp)),
+        "macro_f1": float(f1_score(yt, yp, labels=ids, average="macro", zero_division=0)),
+        "macro_recall": float(recall_score(yt, yp, labels=ids, average="macro", zero_division=0)),
+        "per_class": {
+            lab: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
+            for i, lab in enumerate(labels)
+        },
+        "confusion": confusion_matrix(yt, yp, labels=ids).tolist(),
+    }
+
+
+def evaluate(probs: dict[str, np.ndarray], y: dict[str, np.ndarray], tasks: Tasks) -> dict[str, dict]:
+    """Metrics for every task that has at least one label in `y`."""
+    out = {}
+    for task, labels in tasks.items():
+        if task in y and (y[task] >= 0).any():
+            out[task] = task_metrics(y[task], probs[task].argmax(1), labels)
+    return out
+
+
+def format_table(metrics: dict[str, dict], title: str = "") -> str:
+    """A small plain-text table: task, n, accuracy, macro-F1, macro-recall."""
+    lines = [title] if title else []
+    lines.append(f"{'task':<12}{'n':>7}{'accuracy':>10}{'macro-F1':>10}{'macro-rec':>11}")
+    for task, m in metrics.items():
+        if m.get("n"):
+            lines.append(f"{task:<12}{m['n']:>7}{m['accuracy']:>10.3f}{m['macro_f1']:>10.3f}{m['macro_recall']:>11.3f}")
+    return "\n".join(lines)

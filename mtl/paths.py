@@ -1,0 +1,36 @@
+"""Every path the project uses, derived from one root.
+
+The root is the repository checkout (the folder holding `pyproject.toml`) or,
+when `mtl` is installed elsewhere, `$MTL_ROOT` or the current directory.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def _find_root() -> Path:
+    if os.environ.get("MTL_ROOT"):
+        return Path(os.environ["MTL_ROOT"]).resolve()
+    repo = Path(__file__).resolve().parent.parent
+    if (repo / "pyproject.toml").is_file():
+        return repo
+    return Path.cwd().resolve()
+
+
+ROOT = _find_root()
+DATA_DIR = ROOT / "data"
+DATA_CSV = DATA_DIR / "sentences.csv"
+TEST_SENTENCES = DATA_DIR / "test_sentences.txt"
+FIGURES_DIR = ROOT / "figures"
+MODELS_DIR = ROOT / "saved_models"
+CHECKPOINT = MODELS_DIR / "multi_task_model.safetensors"
+METRICS_JSON = MODELS_DIR / "metrics.json"
+COMPARISON_CSV = MODELS_DIR / "comparison.csv"
+NOTEBOOKS_DIR = ROOT / "notebooks"
+RUNS_DIR = ROOT / "runs"
+# Embedding cache and exported ONNX backbones; override to share one cache between checkouts.
+CACHE_DIR = Path(os.environ.get("MTL_CACHE_DIR", ROOT / ".cache")).resolve()
+# Real text the project did not write; absent on users' machines (code that needs it skips).
+EXTERNAL_DIR = Path(os.environ.get("MTL_EXTERNAL_DIR", ROOT.parent / "shared" / "data" / "external"))

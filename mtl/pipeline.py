@@ -1,0 +1,200 @@
+"""The end-to-end steps the CLI and the notebooks share: train from CSVs, evaluate a file, predict."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from mtl import paths
+from mtl.backbone import DEFAULT_BACKBONE
+from mtl.errors import MTLError
+from mtl.tasks import DEFAULT_TASKS, Tasks
+
+
+@dataclass
+class Encoded:
+    """A labelled table with its embeddings and label ids (-1 = no label)."""
+
+    frame: "object"  # pandas.DataFrame with text, line, task columns, split, source
+    x: np.ndarray
+    y: dict[str, np.ndarray]
+
+    def rows(self, mask: np.ndarray) -> "Encoded":
+        return Encoded(self.frame[mask].reset_index(drop=True), self.x[mask], {t: v[mask] for t, v in self.y.items()})
+
+
+def load_encoded(
+    data: list[str | Path],
+    tasks: Tasks = DEFAULT_TASKS,
+    backbone: str = DEFAULT_BACKBONE,
+    backend: str = "auto",
+    device: str = "auto",
+    cache_dir: Path | None = None,
+    verbose: bool = True,
+):
+    """Load, validate and embed one or more CSVs (files may carry different task columns)."""
+    import pandas as pd
+
+    from mtl.data import label_ids, load_dataset
+    from mtl.embed import encode
+
+    frames = []
+    for path in data:
+        df = load_dataset(path, tasks)
+        df["source"] = Path(path).name
+        if "split" not in df.columns:
+            df["split"] = "train"
+        frames.append(df)
+    frame = pd.concat(frames, ignore_index=True)
+    x, stats = encode(list(frame["text"]), backbone=backbone, backend=backend, device=device, cache_dir=cache_dir)
+    if verbose:
+        print(f"embeddings: {stats}", file=sys.stderr)
+    return Encoded(frame, x, label_ids(frame, tasks)), stats
+
+
+def file_digest(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
+def train_from_csv(
+    data: list[str | Path] | None = None,
+    tasks: Tasks = DEFAULT_TASKS,
+    config=None,
+    backbone: str = DEFAULT_BACKBONE,
+    backend: str = "auto",
+    out: str | Path | None = None,
+    metrics_out: str | Path | None = None,
+    cache_dir: Path | None = None,
+    log_every: int = 10,
+    verbose: bool = True,
+) -> dict:
+    """Train heads on the train rows, score train and held-out (split=test) rows, save checkpoint + metrics.
+
+    Returns a dict with `history`, `metrics` (train/test, per task, and per source) and `meta`.
+    """
+    from mtl.backbone import resolve_backbone, resolve_device
+    from mtl.checkpoint import save_checkpoint
+    from mtl.evaluate import evaluate
+    from mtl.heads import predict_proba, state_to_numpy
+    from mtl.train import TrainConfig, train
+
+    config = config or TrainConfig()
+    config.check()
+    config.device = resolve_device(config.device)
+    data = [Path(p) for p in (data or [paths.DATA_CSV])]
+    enc, stats = load_encoded(data, tasks, backbone, backend, config.device, cache_dir, verbose)
+    is_train = (enc.frame["split"] == "train").to_numpy()
+    tr, te = enc.rows(is_train), enc.rows(~is_train)
+    if len(tr.x) == 0:
+        raise MTLError(f"{', '.join(map(str, data))}: no rows with split=train")
+    for task in tasks:
+        if not (tr.y[task] >= 0).any():
+            print(f"warning: no training labels for task {task!r}; its head stays untrained", file=sys.stderr)
+
+    def report(row: dict) -> None:
+        if verbose and log_every and (row["epoch"] % log_every == 0 or row["epoch"] == 1):
+            accs = "  ".join(
+                f"{s} {t} {row[f'{s}_acc_{t}']:.3f}" for s in ("train", "test") for t in tasks if f"{s}_acc_{t}" in row
+            )
+            print(f"epoch {row['epoch']:>4}/{config.epochs}  loss {row['train_loss']:.4f}  {accs}", file=sys.stderr)
+
+    heads, history, log_vars = train(tr.x, tr.y, tasks, config, te.x if len(te.x) else None, te.y if len(te.x) else None, report)
+    state = state_to_numpy(heads)
+    metrics: dict = {"train": evaluate(predict_proba(state, tasks, tr.x), tr.y, tasks)}
+    if len(te.x):
+        metrics["test"] = evaluate(predict_proba(state, tasks, te.x), te.y, tasks)
+    if enc.frame["source"].nunique() > 1:
+        metrics["by_source"] = {}
+        for source in enc.frame["source"].unique():
+            for split, part in (("train", tr), ("test", te)):
+                sel = (part.frame["source"] == source).to_numpy()
+                if sel.any():
+                    sub = part.rows(sel)
+                    metrics["by_source"][f"{source}:{split}"] = evaluate(predict_proba(state, tasks, sub.x), sub.y, tasks)
+    spec = resolve_backbone(backbone)
+    meta = {
+        "tasks": tasks,
+        "backbone": spec.name,
+        "backbone_identity": spec.identity,
+        "backend": stats.mode,
+        "embedding_dim": int(enc.x.shape[1]),
+        "config": config.as_dict(),
+        "data": {str(p): file_digest(p) for p in data},
+        "n_train": int(len(tr.x)),
+        "n_test": int(len(te.x)),
+        "metrics": metrics,
+        "learned_log_vars": log_vars,
+    }
+    save_checkpoint(out or paths.CHECKPOINT, state, meta)
+    from mtl.atomic import write_text
+
+    write_text(metrics_out or paths.METRICS_JSON, json.dumps({"metrics": metrics, "meta": {k: v for k, v in meta.items() if k != "metrics"}, "history": history}, indent=2))
+    return {"history": history, "metrics": metrics, "meta": meta, "state": state}
+
+
+def load_model(model: str | Path | None = None):
+    """Load a checkpoint (numpy only)."""
+    from mtl.checkpoint import load_checkpoint
+
+    return load_checkpoint(model or paths.CHECKPOINT)
+
+
+def embed_for(ckpt, model_path, texts: list[str], backend: str | None = None, device: str = "auto", cache_dir=None):
+    """Embed texts with the checkpoint's backbone, after checking they fit together."""
+    from mtl.backbone import resolve_backbone
+    from mtl.checkpoint import check_compatible
+    from mtl.embed import encode
+
+    spec = resolve_backbone(ckpt.meta.get("backbone", DEFAULT_BACKBONE))
+    if backend is None:  # same numeric family as training: int8 stays int8, the rest use the fastest fp32-equivalent
+        backend = "int8" if ckpt.meta.get("backend") == "onnx-int8" else "auto"
+    if spec.identity != ckpt.meta.get("backbone_identity"):
+        check_compatible(ckpt, model_path, spec.identity, ckpt.meta.get("embedding_dim"))
+    x, stats = encode(texts, backbone=spec.name, backend=backend, device=device, cache_dir=cache_dir)
+    if len(texts):
+        check_compatible(ckpt, model_path, spec.identity, int(x.shape[1]))
+    return x, stats
+
+
+def predict(texts: list[str], model: str | Path | None = None, backend: str | None = None, device: str = "auto", cache_dir=None) -> list[dict]:
+    """One row per input text, in order: label and probabilities per task (or an error for empty text)."""
+    from mtl.heads import predict_proba
+
+    ckpt = load_model(model)
+    tasks = ckpt.tasks
+    good = [i for i, t in enumerate(texts) if t.strip()]
+    x, _ = embed_for(ckpt, model or paths.CHECKPOINT, [texts[i] for i in good], backend, device, cache_dir)
+    probs = predict_proba(ckpt.state, tasks, x) if good else {}
+    rows: list[dict] = []
+    pos = {i: j for j, i in enumerate(good)}
+    for i, text in enumerate(texts):
+        row: dict = {"text": text}
+        if i in pos:
+            for task, labels in tasks.items():
+                p = probs[task][pos[i]]
+                row[task] = labels[int(p.argmax())]
+                row[f"{task}_probs"] = {lab: round(float(v), 4) for lab, v in zip(labels, p)}
+        else:
+            for task in tasks:
+                row[task] = None
+                row[f"{task}_probs"] = None
+            row["error"] = "empty text"
+        rows.append(row)
+    return rows
+
+
+def evaluate_csv(data: str | Path, model: str | Path | None = None, backend: str | None = None, device: str = "auto", cache_dir=None) -> dict:
+    """Score every task whose column is in `data` (rows without a label skipped for that task)."""
+    from mtl.data import label_ids, load_dataset
+    from mtl.evaluate import evaluate
+    from mtl.heads import predict_proba
+
+    ckpt = load_model(model)
+    df = load_dataset(data, ckpt.tasks)
+    x, _ = embed_for(ckpt, model or paths.CHECKPOINT, list(df["text"]), backend, device, cache_dir)
+    return evaluate(predict_proba(ckpt.state, ckpt.tasks, x), label_ids(df, ckpt.tasks), ckpt.tasks)

@@ -1,0 +1,31 @@
+"""The default tasks and their ordered label lists: the one place they are defined.
+
+A task is data, not code: a CSV column named after the task holds its labels.
+Adding a task means adding an entry here (or passing a dict to the functions
+that take `tasks`) and a column to the data.
+"""
+
+from __future__ import annotations
+
+Tasks = dict[str, list[str]]
+
+DEFAULT_TASKS: Tasks = {
+    "topic": ["sports", "politics"],
+    "sentiment": ["negative", "neutral", "positive"],
+}
+
+
+def parse_tasks(spec: str | None) -> Tasks:
+    """Parse `topic=sports,politics;sentiment=negative,neutral,positive` (None: defaults)."""
+    from mtl.errors import MTLError
+
+    if not spec:
+        return {k: list(v) for k, v in DEFAULT_TASKS.items()}
+    tasks: Tasks = {}
+    for part in spec.split(";"):
+        name, _, labels = part.partition("=")
+        names = [x.strip() for x in labels.split(",") if x.strip()]
+        if not name.strip() or len(names) < 2 or len(set(names)) != len(names):
+            raise MTLError(f"--tasks: expected 'task=label1,label2[;task2=...]' with 2+ distinct labels, got {part!r}")
+        tasks[name.strip()] = names
+    return tasks
