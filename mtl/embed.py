@@ -71,3 +71,20 @@ def encode(
         print(f"embeddings: {stats}", file=sys.stderr)
     out = np.stack([stored[k] for k in keys]) if keys else np.zeros((0, 0), dtype=np.float32)
     return out.astype(np.float32, copy=False), stats
+
+
+def cell_similarity(x: np.ndarray, groups: list[str]):
+    """Mean cosine similarity within each group vs between groups (embeddings are unit length)."""
+    import pandas as pd
+
+    groups = np.asarray(groups)
+    sims = x @ x.T
+    rows = []
+    for g in sorted(set(groups)):
+        inside = groups == g
+        block = sims[np.ix_(inside, inside)]
+        n = int(inside.sum())
+        within = (block.sum() - np.trace(block)) / max(n * (n - 1), 1)
+        between = sims[np.ix_(inside, ~inside)].mean() if (~inside).any() else np.nan
+        rows.append({"cell": g, "n": n, "within": float(within), "between": float(between)})
+    return pd.DataFrame(rows).set_index("cell")
