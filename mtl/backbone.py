@@ -147,7 +147,8 @@ class TorchEncoder:
             self.model.to(torch.bfloat16)
         elif mode == "torch-fp16":
             self.model.half()
-        self.dim = int(self.model.get_sentence_embedding_dimension())
+        get_dim = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
+        self.dim = int(get_dim())
 
     def encode(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
         import torch

@@ -74,10 +74,10 @@ def _common(p: argparse.ArgumentParser, backend_default: str | None = "auto") ->
 def build_parser() -> Parser:
     from mtl.train import BATCH_SIZE, EPOCHS, LR
 
-    ap = Parser(prog="mtl", description="Multi-task sentence classification on a frozen sentence-transformer.")
-    sub = ap.add_subparsers(dest="cmd", required=True, parser_class=Parser)
+    ap = Parser(prog="mtl", allow_abbrev=False, description="Multi-task sentence classification on a frozen sentence-transformer.")
+    sub = ap.add_subparsers(dest="cmd", required=True)
 
-    t = sub.add_parser("train", help="train the task heads on cached embeddings")
+    t = sub.add_parser("train", allow_abbrev=False, help="train the task heads on cached embeddings")
     t.add_argument("--data", action="append", help="labelled CSV (repeatable; default data/sentences.csv)")
     t.add_argument("--tasks", default=None, help="task=label,label;... (default: topic and sentiment)")
     t.add_argument("--epochs", type=positive_int, default=EPOCHS)
@@ -93,19 +93,19 @@ def build_parser() -> Parser:
     t.add_argument("--metrics", default=None, help="metrics JSON path (default saved_models/metrics.json)")
     _common(t)
 
-    p = sub.add_parser("predict", help="label sentences with a trained checkpoint")
+    p = sub.add_parser("predict", allow_abbrev=False, help="label sentences with a trained checkpoint")
     p.add_argument("inputs", nargs="*", help="text file (one per line), CSV with a text column, or - for stdin")
     p.add_argument("--model", default=None)
     p.add_argument("--format", choices=("table", "csv", "jsonl"), default="table")
     _common(p, backend_default=None)
 
-    e = sub.add_parser("evaluate", help="score a checkpoint on a labelled CSV")
+    e = sub.add_parser("evaluate", allow_abbrev=False, help="score a checkpoint on a labelled CSV")
     e.add_argument("--data", required=True)
     e.add_argument("--model", default=None)
     e.add_argument("--json", default=None, help="write the metrics here")
     _common(e, backend_default=None)
 
-    n = sub.add_parser("notebooks", help="run the numbered notebooks headless with papermill")
+    n = sub.add_parser("notebooks", allow_abbrev=False, help="run the numbered notebooks headless with papermill")
     n.add_argument("--epochs", type=positive_int, default=None)
     n.add_argument("--lr", type=positive_float, default=None)
     n.add_argument("--device", default=None)

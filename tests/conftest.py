@@ -1,0 +1,42 @@
+"""Shared fixtures. The real all-MiniLM-L6-v2 is used throughout; embeddings go through the
+project cache (.cache/), so the shipped sentences are encoded once for tests and notebooks."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mtl import paths
+
+ROOT = paths.ROOT
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory):
+    """Default training run on the shipped data, written to a temp folder."""
+    from mtl.pipeline import train_from_csv
+    from mtl.train import TrainConfig
+
+    out = tmp_path_factory.mktemp("model")
+    res = train_from_csv(None, config=TrainConfig(device="cpu"), out=out / "model.safetensors", metrics_out=out / "metrics.json", verbose=False)
+    res["path"] = out / "model.safetensors"
+    return res
+
+
+def run_cli(*args: str, stdin: str | None = None, env: dict | None = None, cwd: Path | None = None, timeout: float = 300):
+    """Run `python -m mtl ...` as a user would; returns CompletedProcess with text output."""
+    full_env = {**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "mtl", *args], input=stdin, capture_output=True, text=True, env=full_env, cwd=cwd or ROOT, timeout=timeout
+    )
+
+
+def external(name: str) -> Path:
+    path = paths.EXTERNAL_DIR / name
+    if not path.is_file():
+        pytest.skip(f"external data not found at {path} (it lives beside the repo in ../shared/data/external)")
+    return path

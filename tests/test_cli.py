@@ -1,0 +1,162 @@
+"""CLI tests, run as subprocesses: formats, order, flags that work, and the bad-input catalogue."""
+
+from __future__ import annotations
+
+import json
+import pickle
+
+import pytest
+
+from conftest import external, run_cli
+
+GOOD = ["The striker scored twice in a wonderful win.", "The council will vote on the budget on Monday."]
+
+
+def test_predict_jsonl_one_row_per_line_in_order_including_empty_lines(trained, tmp_path):
+    src = tmp_path / "in.txt"
+    src.write_text(f"{GOOD[0]}\n\n{GOOD[1]}\n   \n")
+    r = run_cli("predict", str(src), "--model", str(trained["path"]), "--format", "jsonl")
+    assert r.returncode == 0, r.stderr
+    rows = [json.loads(line) for line in r.stdout.splitlines()]
+    assert [row["text"] for row in rows] == [GOOD[0], "", GOOD[1], "   "]
+    assert rows[0]["topic"] == "sports" and rows[2]["topic"] == "politics"
+    assert set(rows[0]["sentiment_probs"]) == {"negative", "neutral", "positive"}
+    assert abs(sum(rows[0]["sentiment_probs"].values()) - 1) < 1e-3
+    assert rows[1]["topic"] is None and rows[1]["error"] == "empty text"
+    assert "input 2: empty text" in r.stderr and "input 4" in r.stderr
+
+
+def test_predict_stdin_csv_and_table(trained, tmp_path):
+    r = run_cli("predict", "-", "--model", str(trained["path"]), "--format", "csv", stdin="\n".join(GOOD) + "\n")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0] == "text,topic,topic_probs,sentiment,sentiment_probs" and len(lines) == 3
+    csv_in = tmp_path / "in.csv"
+    csv_in.write_text("id,text\n1,Great goal\n")
+    r = run_cli("predict", str(csv_in), "--model", str(trained["path"]))
+    assert r.returncode == 0 and "topic=sports" in r.stdout
+
+
+def test_train_flags_are_used(tmp_path):
+    out = tmp_path / "m.safetensors"
+    r = run_cli("train", "--epochs", "3", "--lr", "0.005", "--batch-size", "16", "--seed", "4", "--out", str(out), "--metrics", str(tmp_path / "m.json"))
+    assert r.returncode == 0, r.stderr
+    meta = json.loads((tmp_path / "m.json").read_text())
+    cfg = meta["meta"]["config"]
+    assert (cfg["epochs"], cfg["lr"], cfg["batch_size"], cfg["seed"]) == (3, 0.005, 16, 4)
+    assert len(meta["history"]) == 3
+    assert "test split (held out)" in r.stdout and "train split" in r.stdout
+
+
+def test_original_command_runs(tmp_path):
+    r = run_cli("train", "--epochs", "100", "--lr", "2e-5", "--out", str(tmp_path / "m.safetensors"), "--metrics", str(tmp_path / "m.json"))
+    assert r.returncode == 0, r.stderr
+    assert "epoch  100/100" in r.stderr
+
+
+@pytest.mark.external
+def test_evaluate_on_external_files(trained):
+    bbc = external("bbc_sport_politics.csv")
+    r = run_cli("evaluate", "--data", str(bbc), "--model", str(trained["path"]))
+    assert r.returncode == 0, r.stderr
+    line = next(x for x in r.stdout.splitlines() if x.startswith("topic"))
+    assert float(line.split()[2]) >= 0.95
+    tw = external("tweeteval_sentiment_val.csv")
+    r = run_cli("evaluate", "--data", str(tw), "--model", str(trained["path"]))
+    assert r.returncode == 0 and r.stdout.splitlines()[-1].startswith("sentiment")
+
+
+# --- the bad-input catalogue: every case is a one-line error, exit != 0, no traceback -----------------
+
+def _files(tmp):
+    f = {}
+    f["empty"] = tmp / "empty.csv"
+    f["empty"].write_text("")
+    f["header"] = tmp / "header.csv"
+    f["header"].write_text("text,topic\n")
+    f["notext"] = tmp / "notext.csv"
+    f["notext"].write_text("sentence,topic\nhi there,sports\n")
+    f["nolabels"] = tmp / "nolabels.csv"
+    f["nolabels"].write_text("text,colour\nhi there,red\n")
+    f["unknown"] = tmp / "unknown.csv"
+    f["unknown"].write_text("text,topic\nhi there,sports\nhow are you,weather\n")
+    f["blank"] = tmp / "blank.csv"
+    f["blank"].write_text('text,topic\nhi there,sports\n"   ",sports\n')
+    f["nan"] = tmp / "nan.csv"
+    f["nan"].write_text("text,topic\n,sports\n")
+    f["latin1"] = tmp / "latin1.csv"
+    f["latin1"].write_bytes("text,topic\ncaf\xe9,sports\n".encode("latin-1"))
+    f["leak"] = tmp / "leak.csv"
+    f["leak"].write_text("text,topic,split\nA goal!,sports,train\na goal,sports,test\n")
+    f["notckpt"] = tmp / "notckpt.safetensors"
+    f["notckpt"].write_text("this is not a checkpoint")
+    f["pickle"] = tmp / "evil.pth"
+    f["pickle"].write_bytes(pickle.dumps({"a": 1}))
+    return f
+
+
+CATALOGUE = [
+    ("missing file", ["train", "--data", "{tmp}/nope.csv"], "file not found"),
+    ("directory", ["train", "--data", "{tmp}"], "is a directory"),
+    ("empty file", ["train", "--data", "{empty}"], "file is empty"),
+    ("header only", ["train", "--data", "{header}"], "no rows"),
+    ("no text column", ["train", "--data", "{notext}"], "no 'text' column"),
+    ("no label column", ["train", "--data", "{nolabels}"], "no label column"),
+    ("unknown label", ["train", "--data", "{unknown}"], "line 3: unknown topic label 'weather'"),
+    ("whitespace text", ["train", "--data", "{blank}"], "line 3: empty text"),
+    ("NaN text", ["train", "--data", "{nan}"], "line 2: empty text"),
+    ("non-UTF-8", ["train", "--data", "{latin1}"], "line 2 is not valid UTF-8"),
+    ("train/test duplicate", ["train", "--data", "{leak}"], "also appears in the train split"),
+    ("negative epochs", ["train", "--epochs", "-3"], "--epochs: expected a positive integer"),
+    ("zero epochs", ["train", "--epochs", "0"], "--epochs: expected a positive integer"),
+    ("text epochs", ["train", "--epochs", "ten"], "--epochs: expected a positive integer"),
+    ("zero lr", ["train", "--lr", "0"], "--lr: expected a positive number"),
+    ("nan lr", ["train", "--lr", "nan"], "--lr: expected a positive number"),
+    ("text lr", ["train", "--lr", "fast"], "--lr: expected a positive number"),
+    ("negative batch", ["train", "--batch-size", "-1"], "--batch-size: expected a positive integer"),
+    ("unknown device", ["train", "--device", "tpu"], "--device: invalid choice"),
+    ("cuda absent", ["train", "--device", "cuda", "--epochs", "1"], "--device cuda: not available"),
+    ("unknown flag", ["train", "--epoch", "3"], "unrecognized arguments"),
+    ("model missing", ["predict", "--model", "{tmp}/none.safetensors"], "checkpoint not found"),
+    ("model is dir", ["predict", "--model", "{tmp}"], "is a directory"),
+    ("not a checkpoint", ["predict", "--model", "{notckpt}"], "not an mtl checkpoint"),
+    ("pickle checkpoint", ["predict", "--model", "{pickle}"], "not an mtl checkpoint"),
+    ("truncated checkpoint", ["predict", "--model", "{truncated}"], "not an mtl checkpoint"),
+    ("predict missing input", ["predict", "{tmp}/none.txt", "--model", "{model}"], "file not found"),
+    ("predict csv no text", ["predict", "{notext}", "--model", "{model}"], "no 'text' column"),
+    ("evaluate no labels", ["evaluate", "--data", "{nolabels}", "--model", "{model}"], "no label column"),
+    ("read-only output", ["train", "--epochs", "1", "--out", "{ro}/m.safetensors", "--metrics", "{tmp}/m.json"], "cannot write"),
+    ("unknown task weights", ["train", "--task-weights", "topic=heavy"], "--task-weights: expected task=weight"),
+]
+
+
+@pytest.mark.parametrize("name, argv, needle", CATALOGUE, ids=[c[0] for c in CATALOGUE])
+def test_bad_input_catalogue(trained, tmp_path, name, argv, needle):
+    import os
+
+    f = _files(tmp_path)
+    truncated = tmp_path / "truncated.safetensors"
+    truncated.write_bytes(trained["path"].read_bytes()[:500])
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    os.chmod(ro, 0o500)
+    if os.geteuid() == 0:  # root ignores permission bits; /sys is a read-only file system
+        ro = "/sys/mtl-read-only-test"
+    fmt = {**{k: str(v) for k, v in f.items()}, "tmp": str(tmp_path), "model": str(trained["path"]), "truncated": str(truncated), "ro": str(ro)}
+    r = run_cli(*[a.format(**fmt) for a in argv])
+    assert r.returncode != 0
+    assert needle in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+    errors = [line for line in r.stderr.splitlines() if "error" in line]
+    assert len(errors) == 1, r.stderr
+
+
+def test_debug_flag_shows_the_traceback(tmp_path):
+    r = run_cli("train", "--data", str(tmp_path / "nope.csv"), "--debug")
+    assert r.returncode != 0 and "Traceback" in r.stderr
+
+
+def test_help_of_every_command_is_fast_and_clean():
+    for cmd in ("train", "predict", "evaluate", "notebooks"):
+        r = run_cli(cmd, "--help")
+        assert r.returncode == 0 and "usage: mtl" in r.stdout

@@ -1,0 +1,118 @@
+"""Data tests: the shipped CSV keeps its data card's promises; loading rejects bad input clearly."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from mtl import paths
+from mtl.data import label_ids, load_dataset, normalise, read_inputs
+from mtl.errors import MTLError
+from mtl.tasks import DEFAULT_TASKS, parse_tasks
+
+
+@pytest.fixture(scope="module")
+def df():
+    return load_dataset(paths.DATA_CSV)
+
+
+def test_shipped_data_has_sixty_per_cell_and_a_fixed_stratified_split(df):
+    cells = df.groupby(["topic", "sentiment"]).size()
+    assert len(cells) == 6 and cells.min() >= 60
+    share = df.groupby(["topic", "sentiment"])["split"].apply(lambda s: (s == "test").mean())
+    assert share.between(0.2, 0.3).all(), share
+
+
+def test_shipped_data_has_no_duplicates_after_folding(df):
+    assert not df["text"].map(normalise).duplicated().any()
+
+
+def test_shipped_data_lengths_and_test_sentences(df):
+    words = df["text"].str.split().str.len()
+    assert words.min() >= 6 and words.max() <= 40
+    assert len([t for t in read_inputs(paths.TEST_SENTENCES) if t.strip()]) >= 3
+
+
+def test_label_ids_mask_missing_labels(tmp_path):
+    p = tmp_path / "d.csv"
+    p.write_text("text,topic,sentiment\nA fine match today,sports,\nThe vote is on Monday,,neutral\n")
+    y = label_ids(load_dataset(p), DEFAULT_TASKS)
+    assert y["topic"].tolist() == [0, -1] and y["sentiment"].tolist() == [-1, 1]
+
+
+def test_file_with_one_task_column_is_fine(tmp_path):
+    p = tmp_path / "d.csv"
+    p.write_text("text,topic\nA fine match today,sports\n")
+    df = load_dataset(p)
+    assert "sentiment" not in df and label_ids(df, DEFAULT_TASKS)["sentiment"].tolist() == [-1]
+
+
+@pytest.mark.parametrize(
+    "content, needle",
+    [
+        ("", "empty"),
+        ("text,topic\n", "no rows"),
+        ("words,topic\nhello there,sports\n", "no 'text' column"),
+        ("text,colour\nhello there,red\n", "no label column"),
+        ("text,topic\nhello there,football\n", "line 2: unknown topic label 'football'"),
+        ("text,topic\nfine,sports\n   ,sports\n", "line 3: empty text"),
+        ("text,topic\nfine,sports\n,sports\n", "line 3: empty text"),
+        ("text,topic,split\nfine one,sports,train\nfine two,sports,dev\n", "line 3: split 'dev'"),
+        ("text,topic,split\nSame text!,sports,train\nsame   TEXT,sports,test\n", "also appears in the train split"),
+    ],
+)
+def test_bad_csv_gives_a_one_line_error_naming_the_problem(tmp_path, content, needle):
+    p = tmp_path / "bad.csv"
+    p.write_text(content)
+    with pytest.raises(MTLError) as exc:
+        load_dataset(p)
+    assert needle in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_non_utf8_names_the_line(tmp_path):
+    p = tmp_path / "latin1.csv"
+    p.write_bytes("text,topic\nok,sports\ncaf\xe9 society,politics\n".encode("latin-1"))
+    with pytest.raises(MTLError, match="line 3 is not valid UTF-8"):
+        load_dataset(p)
+
+
+def test_missing_file_and_directory(tmp_path):
+    with pytest.raises(MTLError, match="file not found"):
+        load_dataset(tmp_path / "nope.csv")
+    with pytest.raises(MTLError, match="is a directory"):
+        load_dataset(tmp_path)
+
+
+def test_huge_line_is_truncated_with_a_warning(tmp_path):
+    p = tmp_path / "huge.csv"
+    p.write_text("text,topic\n" + "word " * 2_000_000 + ",sports\n")
+    with pytest.warns(UserWarning, match="truncated"):
+        df = load_dataset(p)
+    assert len(df.loc[0, "text"]) <= 5000
+
+
+def test_nan_text_is_kept_as_text_and_nan_label_is_rejected(tmp_path):
+    p = tmp_path / "nan.csv"
+    p.write_text("text,topic\nNaN,sports\n")
+    assert load_dataset(p).loc[0, "text"] == "NaN"
+    p.write_text("text,topic\nhello there,NaN\n")
+    with pytest.raises(MTLError, match="unknown topic label 'NaN'"):
+        load_dataset(p)
+
+
+def test_read_inputs_keeps_empty_lines(tmp_path):
+    p = tmp_path / "in.txt"
+    p.write_text("first\n\nthird\n")
+    assert read_inputs(p) == ["first", "", "third"]
+
+
+def test_parse_tasks():
+    assert parse_tasks("urgency=low,high") == {"urgency": ["low", "high"]}
+    with pytest.raises(MTLError):
+        parse_tasks("urgency=low")
+
+
+def test_hundred_thousand_rows_load(tmp_path):
+    p = tmp_path / "big.csv"
+    pd.DataFrame({"text": [f"sentence number {i} about the match" for i in range(100_000)], "topic": "sports"}).to_csv(p, index=False)
+    assert len(load_dataset(p)) == 100_000

@@ -1,0 +1,165 @@
+"""Model tests: masking, heads, checkpoints, determinism, held-out accuracy, behaviour, encoder equivalence."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from mtl import paths
+from mtl.checkpoint import check_compatible, load_checkpoint, save_checkpoint
+from mtl.embed import encode
+from mtl.errors import MTLError
+from mtl.heads import build_heads, predict_proba, state_to_numpy
+from mtl.pipeline import predict
+from mtl.tasks import DEFAULT_TASKS
+from mtl.train import TrainConfig, train
+
+
+def test_all_missing_labels_for_a_task_give_finite_loss_and_no_gradient():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(8, 384)).astype(np.float32)
+    y = {"topic": np.array([0, 1] * 4), "sentiment": np.full(8, -1)}
+    heads, hist, _ = train(x, y, DEFAULT_TASKS, TrainConfig(epochs=1, batch_size=8))
+    assert np.isfinite(hist[0]["train_loss"])
+    # the sentiment head never received a gradient, so it kept its initial weights
+    torch.manual_seed(0)
+    fresh = build_heads(DEFAULT_TASKS, 384)
+    assert torch.equal(heads["sentiment"][0].weight, fresh["sentiment"][0].weight)
+    assert not torch.equal(heads["topic"][0].weight, fresh["topic"][0].weight)
+
+
+def test_numpy_inference_matches_torch_heads():
+    torch.manual_seed(1)
+    heads = build_heads(DEFAULT_TASKS, 384, hidden=16).eval()
+    x = np.random.default_rng(1).normal(size=(5, 384)).astype(np.float32)
+    probs = predict_proba(state_to_numpy(heads), DEFAULT_TASKS, x)
+    with torch.no_grad():
+        ref = torch.softmax(heads["sentiment"](torch.from_numpy(x)), 1).numpy()
+    np.testing.assert_allclose(probs["sentiment"], ref, atol=1e-5)
+
+
+def test_default_training_reaches_held_out_thresholds(trained):
+    test = trained["metrics"]["test"]
+    assert test["topic"]["accuracy"] >= 0.97
+    assert test["sentiment"]["accuracy"] >= 0.85
+    assert trained["meta"]["n_test"] > 80  # scored on the held-out split, not the training rows
+
+
+def test_checkpoint_is_small_heads_only_and_round_trips(trained, tmp_path):
+    path = trained["path"]
+    assert path.stat().st_size < 100_000
+    ckpt = load_checkpoint(path)
+    assert ckpt.tasks == DEFAULT_TASKS and ckpt.meta["embedding_dim"] == 384
+    assert all(k.split(".")[0] in DEFAULT_TASKS for k in ckpt.state)  # no backbone tensors
+    for k, v in trained["state"].items():
+        np.testing.assert_array_equal(ckpt.state[k], v)
+    save_checkpoint(tmp_path / "copy.safetensors", ckpt.state, {k: v for k, v in ckpt.meta.items() if k != "format"})
+    assert load_checkpoint(tmp_path / "copy.safetensors").meta == ckpt.meta
+
+
+def test_checkpoint_for_other_backbone_or_labels_is_refused(trained):
+    ckpt = load_checkpoint(trained["path"])
+    with pytest.raises(MTLError, match="trained on backbone"):
+        check_compatible(ckpt, "m", "other-model-123", 384)
+    with pytest.raises(MTLError, match="768-d"):
+        check_compatible(ckpt, "m", ckpt.meta["backbone_identity"], 768)
+    with pytest.raises(MTLError, match="labels are"):
+        check_compatible(ckpt, "m", ckpt.meta["backbone_identity"], 384, {"topic": ["politics", "sports"]})
+
+
+def test_same_seed_same_numbers_different_seed_recorded(tmp_path):
+    from mtl.pipeline import train_from_csv
+
+    runs = [
+        train_from_csv(None, config=TrainConfig(epochs=20, seed=s, device="cpu"), out=tmp_path / f"m{i}.safetensors", metrics_out=tmp_path / f"m{i}.json", verbose=False)
+        for i, s in enumerate((7, 7, 8))
+    ]
+    assert runs[0]["metrics"] == runs[1]["metrics"]
+    for k in runs[0]["state"]:
+        np.testing.assert_array_equal(runs[0]["state"][k], runs[1]["state"][k])
+    assert (tmp_path / "m0.safetensors").read_bytes() == (tmp_path / "m1.safetensors").read_bytes()
+    assert any(not np.array_equal(runs[0]["state"][k], runs[2]["state"][k]) for k in runs[0]["state"])
+    assert load_checkpoint(tmp_path / "m2.safetensors").meta["config"]["seed"] == 8
+
+
+@pytest.mark.parametrize(
+    "a, b",
+    [
+        ("The striker scored a brilliant winner in the last minute.", "In the final minute the forward netted a superb winning goal."),
+        ("Parliament will vote on the budget on Tuesday.", "On Tuesday, MPs will hold a vote on the budget."),
+        ("Fans were furious about the awful refereeing.", "Supporters were angry at the terrible decisions by the referee."),
+    ],
+)
+def test_rewording_keeps_labels(trained, a, b):
+    ra, rb = predict([a, b], trained["path"])
+    for task in DEFAULT_TASKS:
+        assert ra[task] == rb[task], (task, ra, rb)
+
+
+def test_changing_a_name_keeps_labels_and_flipping_sentiment_changes_it(trained):
+    rows = predict(
+        [
+            "The minister's brilliant reform was warmly welcomed by voters.",
+            "The senator's brilliant reform was warmly welcomed by voters.",
+            "The minister's disastrous reform was angrily condemned by voters.",
+        ],
+        trained["path"],
+    )
+    assert rows[0]["topic"] == rows[1]["topic"] == rows[2]["topic"] == "politics"
+    assert rows[0]["sentiment"] == rows[1]["sentiment"] == "positive"
+    assert rows[2]["sentiment"] == "negative"
+
+
+SENTENCES = [
+    "The match was postponed because of heavy snow.",
+    "A wonderful afternoon of cricket ended in a thrilling tie.",
+    "The council rejected the plan after a bitter debate.",
+    "Short one.",
+    "The minister will publish the report next week, officials said on Monday in the capital city.",
+]
+
+
+def test_onnx_backend_is_numerically_equivalent_to_torch_fp32(tmp_path):
+    ref, _ = encode(SENTENCES, backend="torch", device="cpu", cache_dir=tmp_path)
+    fast, stats = encode(SENTENCES, backend="onnx", cache_dir=tmp_path)
+    assert stats.mode == "onnx-fp32" and stats.encoded == len(SENTENCES)  # modes never share cache entries
+    cos = (ref * fast).sum(1)
+    assert cos.min() >= 0.9999, cos
+
+
+def test_int8_backend_stays_close(tmp_path):
+    ref, _ = encode(SENTENCES, backend="onnx", cache_dir=tmp_path)
+    q, stats = encode(SENTENCES, backend="int8", cache_dir=tmp_path)
+    assert stats.mode == "onnx-int8"
+    assert (ref * q).sum(1).mean() >= 0.97
+
+
+def test_cache_encodes_only_new_texts(tmp_path):
+    _, first = encode(SENTENCES[:3], backend="onnx", cache_dir=tmp_path)
+    x, second = encode(SENTENCES, backend="onnx", cache_dir=tmp_path)
+    assert (first.encoded, first.cached) == (3, 0)
+    assert (second.encoded, second.cached) == (2, 3)
+    np.testing.assert_allclose(np.linalg.norm(x, axis=1), 1.0, atol=1e-5)
+
+
+def test_corrupt_cache_shard_is_detected_and_re_encoded(tmp_path):
+    x, _ = encode(SENTENCES, backend="onnx", cache_dir=tmp_path)
+    shard = next((tmp_path / "embeddings").rglob("shard-*.npz"))
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    with pytest.warns(UserWarning, match="corrupt"):
+        y, stats = encode(SENTENCES, backend="onnx", cache_dir=tmp_path)
+    assert stats.encoded == len(SENTENCES)
+    np.testing.assert_allclose(x, y, atol=1e-6)
+
+
+def test_shipped_data_uses_the_project_cache():
+    """After one encode, the project cache answers every shipped sentence (notebooks rely on it)."""
+    from mtl.data import load_dataset
+
+    texts = list(load_dataset(paths.DATA_CSV)["text"])
+    encode(texts)
+    _, stats = encode(texts)
+    assert stats.encoded == 0 and stats.cached == len(texts)

@@ -1,0 +1,96 @@
+"""Nothing is lost, nothing loaded runs code: crash-safe writes, crafted pickles, concurrent caches."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+
+from conftest import ROOT, run_cli
+from mtl.checkpoint import load_checkpoint
+from mtl.embed import encode
+
+
+def test_sigkill_during_checkpoint_write_keeps_the_previous_checkpoint(trained, tmp_path):
+    target = tmp_path / "model.safetensors"
+    target.write_bytes(trained["path"].read_bytes())
+    before = target.read_bytes()
+    marker = tmp_path / "writing"
+    # A child that trains, then writes its checkpoint slowly (half the bytes, pause, the rest).
+    child = textwrap.dedent(
+        f"""
+        import time, pathlib, mtl.atomic as atomic
+        def slow_write(path, data):
+            with atomic.atomic_path(path) as tmp:
+                with open(tmp, "wb") as fh:
+                    fh.write(data[: len(data) // 2]); fh.flush()
+                    pathlib.Path({str(marker)!r}).touch()
+                    time.sleep(60)
+                    fh.write(data[len(data) // 2 :])
+        import mtl.checkpoint
+        mtl.checkpoint.write_bytes = slow_write
+        from mtl.cli import main
+        main(["train", "--epochs", "2", "--device", "cpu", "--out", {str(target)!r}, "--metrics", {str(tmp_path / 'm.json')!r}])
+        """
+    )
+    proc = subprocess.Popen([sys.executable, "-c", child], cwd=ROOT, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while not marker.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert marker.exists(), "child never reached the checkpoint write"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert target.read_bytes() == before
+    assert load_checkpoint(target).tasks == trained["meta"]["tasks"]
+
+
+def test_crafted_pickle_checkpoint_does_not_execute(tmp_path):
+    canary = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {canary}",))
+
+    import torch
+
+    evil = tmp_path / "evil.pth"
+    torch.save({"heads": Payload()}, evil)  # a classic malicious torch checkpoint
+    evil_st = tmp_path / "evil.safetensors"
+    evil_st.write_bytes(pickle.dumps(Payload()))
+    for path in (evil, evil_st):
+        r = run_cli("predict", "--model", str(path), stdin="hello\n")
+        assert r.returncode != 0 and "not an mtl checkpoint" in r.stderr
+    assert not canary.exists()
+
+
+def test_two_processes_encoding_into_one_cache(tmp_path):
+    texts = [f"Sentence {i} about the election and the cup final." for i in range(300)]
+    code = textwrap.dedent(
+        f"""
+        import sys
+        from mtl.embed import encode
+        texts = {texts!r}
+        part = texts[int(sys.argv[1])::2] + texts[:150]
+        encode(part, backend="onnx", cache_dir={str(tmp_path)!r})
+        """
+    )
+    encode(texts[:2], backend="onnx", cache_dir=tmp_path / "warm")  # make sure the ONNX export exists first
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(i)], cwd=ROOT, env={**os.environ, "MTL_CACHE_DIR": str(tmp_path)}) for i in (0, 1)]
+    assert [p.wait(timeout=300) for p in procs] == [0, 0]
+    x, stats = encode(texts, backend="onnx", cache_dir=tmp_path)
+    assert stats.encoded == 0 and stats.cached == len(texts)
+    ref, _ = encode(texts[:20], backend="onnx", cache_dir=tmp_path / "fresh")
+    np.testing.assert_allclose(x[:20], ref, atol=1e-5)
+
+
+def test_papermill_parameter_of_the_wrong_type_is_one_line(tmp_path):
+    r = run_cli("notebooks", "--only", "03", "-p", "epochs", "ten", "--out", str(tmp_path), timeout=600)
+    assert r.returncode != 0
+    assert "parameter epochs: expected a positive integer, got 'ten'" in r.stderr
+    assert "Traceback" not in r.stderr
