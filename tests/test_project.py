@@ -1,0 +1,110 @@
+"""Project hygiene: notebooks stored clean, Dockerfile and environment.yml agree with pyproject, JupyterLab serves."""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import subprocess
+import sys
+import time
+import tomllib
+import urllib.request
+
+import pytest
+import yaml
+
+from conftest import ROOT
+
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+
+
+def _split(req: str) -> tuple[str, str]:
+    m = re.match(r"^([A-Za-z0-9_.\-]+)\s*(.*)$", req.strip())
+    return m.group(1).lower().replace("_", "-"), m.group(2).replace(" ", "")
+
+
+def _pyproject_reqs() -> dict[str, str]:
+    reqs = PYPROJECT["project"]["dependencies"] + PYPROJECT["project"]["optional-dependencies"]["dev"]
+    return dict(_split(r) for r in reqs)
+
+
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=[n.name for n in NOTEBOOKS])
+def test_notebook_is_stored_clean_with_one_parameters_cell(nb):
+    data = json.loads(nb.read_text())
+    code = [c for c in data["cells"] if c["cell_type"] == "code"]
+    assert all(not c.get("outputs") and c.get("execution_count") is None for c in code), "strip outputs (nbstripout)"
+    tagged = [c for c in code if "parameters" in c.get("metadata", {}).get("tags", [])]
+    assert len(tagged) == 1 and tagged[0] is code[0]
+    assert data["metadata"]["kernelspec"]["name"] == "python3"
+    src = "".join(tagged[0]["source"])
+    assert all(re.match(r"^\w+ = .+$", line) for line in src.splitlines() if line.strip()), "plain assignments only"
+
+
+def test_numbered_notebooks_exist_and_training_takes_the_core_parameters():
+    names = [n.stem for n in NOTEBOOKS]
+    assert names[:4] == ["01_data", "02_embeddings", "03_training", "04_evaluation"]
+    params = "".join(json.loads((ROOT / "notebooks/03_training.ipynb").read_text())["cells"][1]["source"])
+    for p in ("epochs", "lr", "device", "seed", "data_path", "model_path"):
+        assert re.search(rf"^{p} = ", params, re.M), p
+
+
+def test_environment_yml_matches_pyproject():
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    conda, pip = {}, {}
+    for dep in env["dependencies"]:
+        if isinstance(dep, dict):
+            pip.update(_split(r) for r in dep["pip"] if not r.startswith("-"))
+        elif not dep.startswith(("python=", "pip")):
+            name, spec = _split(dep)
+            conda[name] = spec
+    assert any(d.startswith("python=3.1") for d in env["dependencies"] if isinstance(d, str))
+    for name, spec in _pyproject_reqs().items():
+        found = conda.get(name, pip.get(name))
+        assert found is not None, f"{name} missing from environment.yml"
+        assert found == spec, f"{name}: pyproject says {spec!r}, environment.yml says {found!r}"
+
+
+def test_dockerfile_is_consistent():
+    text = (ROOT / "Dockerfile").read_text()
+    torch_pin = _pyproject_reqs()["torch"]
+    assert f"ARG TORCH_VERSION={torch_pin.removeprefix('==')}" in text
+    assert re.search(r"^FROM python:3\.11-slim", text, re.M)
+    for src in re.findall(r"^COPY (.+) \S+$", text, re.M):
+        for path in src.split():
+            assert (ROOT / path.rstrip("/")).exists(), f"COPY {path}: not in the repo"
+    assert re.search(r"^EXPOSE 8888$", text, re.M)
+    assert re.search(r"^USER (?!root)\w+", text, re.M)
+    cmd = json.loads(re.search(r"^CMD (\[.*\])$", text, re.M).group(1))
+    assert cmd[:2] == ["jupyter", "lab"] and "--port=8888" in cmd and "--ip=0.0.0.0" in cmd
+    assert "HF_HUB_OFFLINE=1" in text
+
+
+def test_jupyterlab_serves_the_notebooks(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    token = "mtl-test-token"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={port}", f"--IdentityProvider.token={token}",
+         f"--ServerApp.root_dir={ROOT}", "--ServerApp.open_browser=False"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**__import__("os").environ, "JUPYTER_RUNTIME_DIR": str(tmp_path), "JUPYTER_CONFIG_DIR": str(tmp_path)},
+    )
+    try:
+        url = f"http://127.0.0.1:{port}/api/contents/notebooks?token={token}"
+        body = None
+        for _ in range(120):
+            try:
+                body = json.loads(urllib.request.urlopen(url, timeout=2).read())
+                break
+            except OSError:
+                time.sleep(0.5)
+        assert body is not None, "JupyterLab did not answer"
+        names = {item["name"] for item in body["content"]}
+        assert {"01_data.ipynb", "04_evaluation.ipynb"} <= names
+        with pytest.raises(urllib.error.HTTPError):
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/api/contents/notebooks", timeout=2)  # no token, no access
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
