@@ -68,8 +68,8 @@ def run_mode(mode: str, n: int, device: str, out: str) -> None:
         t = time.perf_counter()
         x = model.encode(texts, batch_size=32, normalize_embeddings=True)
     else:
-        from mtl.backbone import load_encoder, resolve_backbone
         from mtl import paths
+        from mtl.backbone import load_encoder, resolve_backbone
 
         enc = load_encoder(resolve_backbone(), mode, device, paths.CACHE_DIR)
         load_s = time.perf_counter() - t0

@@ -48,7 +48,7 @@ class EmbeddingCache:
         except FileNotFoundError:
             return None  # merged away by another process meanwhile
         except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as exc:
-            warnings.warn(f"embedding cache: {shard.name} is corrupt ({exc}); set aside, its texts will be re-encoded")
+            warnings.warn(f"embedding cache: {shard.name} is corrupt ({exc}); set aside, its texts will be re-encoded", stacklevel=2)
             try:
                 os.replace(shard, shard.with_suffix(".corrupt"))
             except OSError:

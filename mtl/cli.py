@@ -105,6 +105,15 @@ def build_parser() -> Parser:
     e.add_argument("--json", default=None, help="write the metrics here")
     _common(e, backend_default=None)
 
+    c = sub.add_parser("compare", allow_abbrev=False, help="baselines vs single- vs multi-task, k-fold CV + held-out test")
+    c.add_argument("--data", action="append", help="labelled CSV with a split column (default data/sentences.csv)")
+    c.add_argument("--folds", type=positive_int, default=5)
+    c.add_argument("--epochs", type=positive_int, default=EPOCHS)
+    c.add_argument("--lr", type=positive_float, default=LR)
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--out", default=None, help="CSV path (default saved_models/comparison.csv)")
+    _common(c)
+
     n = sub.add_parser("notebooks", allow_abbrev=False, help="run the numbered notebooks headless with papermill")
     n.add_argument("--epochs", type=positive_int, default=None)
     n.add_argument("--lr", type=positive_float, default=None)
@@ -198,7 +207,18 @@ def cmd_notebooks(a) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "predict": cmd_predict, "evaluate": cmd_evaluate, "notebooks": cmd_notebooks}
+def cmd_compare(a) -> int:
+    from mtl.compare import compare
+    from mtl.train import TrainConfig
+
+    if a.folds < 2:
+        raise MTLError("--folds: expected at least 2")
+    table = compare(a.data, config=TrainConfig(epochs=a.epochs, lr=a.lr, seed=a.seed), folds=a.folds, backend=a.backend, out=a.out)
+    print(table.to_string(index=False))
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "compare": cmd_compare, "predict": cmd_predict, "evaluate": cmd_evaluate, "notebooks": cmd_notebooks}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -137,7 +137,7 @@ def _check_leakage(df: "pd.DataFrame", path: Path) -> None:
 def _warn_duplicates(df: "pd.DataFrame", path: Path) -> None:
     dup = df["text"].map(normalise).duplicated()
     if dup.any():
-        warnings.warn(f"{path}: {int(dup.sum())} duplicate texts (first at line {int(df.loc[dup, 'line'].iloc[0])})")
+        warnings.warn(f"{path}: {int(dup.sum())} duplicate texts (first at line {int(df.loc[dup, 'line'].iloc[0])})", stacklevel=2)
 
 
 def label_ids(df: "pd.DataFrame", tasks: Tasks) -> dict[str, np.ndarray]:

@@ -29,3 +29,18 @@ def parse_tasks(spec: str | None) -> Tasks:
             raise MTLError(f"--tasks: expected 'task=label1,label2[;task2=...]' with 2+ distinct labels, got {part!r}")
         tasks[name.strip()] = names
     return tasks
+
+
+# Short descriptions for the zero-shot baseline (cosine between a sentence and each description).
+# A task without descriptions falls back to its label names.
+LABEL_DESCRIPTIONS: dict[str, dict[str, str]] = {
+    "topic": {
+        "sports": "A sentence about sport: athletes, matches, teams, fans and competitions.",
+        "politics": "A sentence about politics: government, elections, parliament, councils and diplomacy.",
+    },
+    "sentiment": {
+        "negative": "A negative sentence expressing anger, disappointment, criticism or sadness.",
+        "neutral": "A neutral, factual sentence that reports information without opinion.",
+        "positive": "A positive sentence expressing joy, praise, success or hope.",
+    },
+}

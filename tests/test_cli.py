@@ -6,7 +6,6 @@ import json
 import pickle
 
 import pytest
-
 from conftest import external, run_cli
 
 GOOD = ["The striker scored twice in a wonderful win.", "The council will vote on the budget on Monday."]

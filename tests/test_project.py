@@ -8,12 +8,11 @@ import socket
 import subprocess
 import sys
 import time
-import tomllib
 import urllib.request
 
 import pytest
+import tomllib
 import yaml
-
 from conftest import ROOT
 
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())

@@ -11,8 +11,8 @@ import textwrap
 import time
 
 import numpy as np
-
 from conftest import ROOT, run_cli
+
 from mtl.checkpoint import load_checkpoint
 from mtl.embed import encode
 
