@@ -38,7 +38,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check mtl tests bench
 
 lab: $(STAMP)
-	$(BIN)/jupyter lab --notebook-dir=notebooks
+	$(BIN)/jupyter lab --notebook-dir=notebooks $(if $(filter 0,$(shell id -u)),--allow-root)
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_encode.py

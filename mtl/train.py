@@ -28,6 +28,7 @@ class TrainConfig:
     weight_decay: float = 1e-4
     weighting: str = "static"  # or "uncertainty" (Kendall et al. 2018)
     task_weights: dict[str, float] = field(default_factory=dict)  # static weights; default 1
+    balance: bool = False  # weight classes by inverse frequency (helps macro-recall on skewed data)
     seed: int = 0
     device: str = "cpu"
 
@@ -92,12 +93,16 @@ def train(
     Xt = torch.as_tensor(x_test, dtype=torch.float32, device=dev) if x_test is not None else None
     Yt = {t: torch.as_tensor(y_test[t], dtype=torch.long, device=dev) for t in tasks} if y_test else None
     gen = torch.Generator().manual_seed(config.seed)
+    class_w = {}
+    for t, labels in tasks.items():
+        counts = torch.bincount(Y[t][Y[t] >= 0], minlength=len(labels)).float()
+        class_w[t] = (counts.sum() / (len(labels) * counts.clamp(min=1))).to(dev) if config.balance else None
 
     def task_losses(out: dict, ys: dict) -> dict:
         losses = {}
         for t in tasks:
             if (ys[t] >= 0).any():  # a batch without labels for t adds nothing (and no gradient)
-                losses[t] = F.cross_entropy(out[t], ys[t], ignore_index=-1)
+                losses[t] = F.cross_entropy(out[t], ys[t], weight=class_w[t], ignore_index=-1)
         return losses
 
     def joint(losses: dict):

@@ -87,7 +87,7 @@ def test_jupyterlab_serves_the_notebooks(tmp_path):
     token = "mtl-test-token"
     proc = subprocess.Popen(
         [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={port}", f"--IdentityProvider.token={token}",
-         f"--ServerApp.root_dir={ROOT}", "--ServerApp.open_browser=False"],
+         f"--ServerApp.root_dir={ROOT}", "--ServerApp.open_browser=False", "--allow-root"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**__import__("os").environ, "JUPYTER_RUNTIME_DIR": str(tmp_path), "JUPYTER_CONFIG_DIR": str(tmp_path)},
     )
     try:

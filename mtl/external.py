@@ -1,0 +1,95 @@
+"""Checks on real text the project did not write (`../shared/data/external/`, absent on users' machines).
+
+TweetEval **test** is for final reporting only: settings are chosen by k-fold CV on TweetEval val.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from mtl import paths
+from mtl.tasks import DEFAULT_TASKS
+
+BBC = "bbc_sport_politics.csv"
+TWEET_VAL = "tweeteval_sentiment_val.csv"
+TWEET_TEST = "tweeteval_sentiment_test.csv"
+
+# Published TweetEval sentiment results (test split, macro-averaged recall), from the data folder's README.
+LEADERBOARD = {"TimeLMs-2021": 0.737, "BERTweet": 0.734, "RoBERTa-Retrained": 0.728, "RoBERTa-Base": 0.713,
+               "FastText": 0.629, "SVM": 0.629, "LSTM": 0.583}
+
+
+def available(external_dir: str | Path | None = None) -> Path | None:
+    """The external folder if all three files are there, else None (with a message saying why)."""
+    folder = Path(external_dir or paths.EXTERNAL_DIR)
+    missing = [f for f in (BBC, TWEET_VAL, TWEET_TEST) if not (folder / f).is_file()]
+    if missing:
+        print(f"skipping external benchmark: {', '.join(missing)} not found in {folder} (it lives beside the repo, never inside it)")
+        return None
+    return folder
+
+
+def _sentiment_macro_recall(state, x, y) -> dict:
+    from mtl.evaluate import task_metrics
+    from mtl.heads import predict_proba
+
+    m = task_metrics(y, predict_proba(state, {"sentiment": DEFAULT_TASKS["sentiment"]}, x)["sentiment"].argmax(1), DEFAULT_TASKS["sentiment"])
+    return {"accuracy": m["accuracy"], "macro_recall": m["macro_recall"], "macro_f1": m["macro_f1"]}
+
+
+def select_by_cv(base_x, base_y, val_x, val_y, candidates: list, folds: int = 5, seed: int = 0):
+    """k-fold CV on TweetEval val (the curated/BBC rows always train): mean macro-recall per candidate config."""
+    import pandas as pd
+    from sklearn.model_selection import StratifiedKFold
+
+    from mtl.heads import state_to_numpy
+    from mtl.train import train
+
+    rows = []
+    for cfg in candidates:
+        scores = []
+        for fit, hold in StratifiedKFold(folds, shuffle=True, random_state=seed).split(val_x, val_y["sentiment"]):
+            x = np.concatenate([base_x, val_x[fit]])
+            y = {t: np.concatenate([base_y[t], val_y[t][fit]]) for t in DEFAULT_TASKS}
+            heads, _, _ = train(x, y, DEFAULT_TASKS, cfg)
+            scores.append(_sentiment_macro_recall(state_to_numpy(heads), val_x[hold], val_y["sentiment"][hold])["macro_recall"])
+        rows.append({"hidden": cfg.hidden, "lr": cfg.lr, "epochs": cfg.epochs, "balance": cfg.balance,
+                     "cv_macro_recall_mean": float(np.mean(scores)), "cv_macro_recall_sd": float(np.std(scores, ddof=1))})
+    return pd.DataFrame(rows)
+
+
+def tweeteval_report(folder: Path, model_path: str | Path, candidates: list, folds: int = 5, seed: int = 0, backend: str = "auto"):
+    """(a) default model, (b) heads trained on curated + TweetEval val + BBC with CV-chosen settings,
+    (c) logistic regression on TweetEval val; all scored once on TweetEval test. Returns (table, cv table)."""
+    import pandas as pd
+    from sklearn.linear_model import LogisticRegression
+    from mtl.evaluate import task_metrics
+    from mtl.heads import state_to_numpy
+    from mtl.pipeline import load_encoded, load_model
+    from mtl.train import train
+
+    base, _ = load_encoded([paths.DATA_CSV, folder / BBC], backend=backend, device="cpu", verbose=False)
+    base = base.rows((base.frame["split"] == "train").to_numpy())  # curated test rows stay held out
+    val, _ = load_encoded([folder / TWEET_VAL], backend=backend, device="cpu", verbose=False)
+    test, _ = load_encoded([folder / TWEET_TEST], backend=backend, device="cpu", verbose=False)
+
+    cv = select_by_cv(base.x, base.y, val.x, val.y, candidates, folds, seed)
+    best = candidates[int(cv["cv_macro_recall_mean"].idxmax())]
+    x = np.concatenate([base.x, val.x])
+    y = {t: np.concatenate([base.y[t], val.y[t]]) for t in DEFAULT_TASKS}
+    heads, _, _ = train(x, y, DEFAULT_TASKS, replace(best, seed=seed))
+
+    rows = {
+        "(a) default model (curated data only)": _sentiment_macro_recall(load_model(model_path).state, test.x, test.y["sentiment"]),
+        f"(b) multi-task heads, curated + TweetEval val + BBC (hidden={best.hidden}, balance={best.balance})":
+            _sentiment_macro_recall(state_to_numpy(heads), test.x, test.y["sentiment"]),
+    }
+    lr = LogisticRegression(max_iter=3000, random_state=seed).fit(val.x, val.y["sentiment"])
+    m = task_metrics(test.y["sentiment"], lr.predict(test.x), DEFAULT_TASKS["sentiment"])
+    rows["(c) logistic regression on TweetEval val"] = {k: m[k] for k in ("accuracy", "macro_recall", "macro_f1")}
+    table = pd.DataFrame(rows).T
+    board = pd.DataFrame({"macro_recall": LEADERBOARD}).rename(index=lambda n: f"leaderboard: {n} (45k training tweets)")
+    return pd.concat([table, board]), cv
