@@ -34,3 +34,13 @@ RUNS_DIR = ROOT / "runs"
 CACHE_DIR = Path(os.environ.get("MTL_CACHE_DIR", ROOT / ".cache")).resolve()
 # Real text the project did not write; absent on users' machines (code that needs it skips).
 EXTERNAL_DIR = Path(os.environ.get("MTL_EXTERNAL_DIR", ROOT.parent / "shared" / "data" / "external"))
+
+
+def resolve(path: str | os.PathLike) -> Path:
+    """Notebook/CLI-independent path: absolute stays, relative is taken from the repo root.
+
+    Notebook parameters use this, so the same defaults work in JupyterLab (cwd notebooks/),
+    papermill run from the repo root, and nbval.
+    """
+    p = Path(path).expanduser()
+    return p if p.is_absolute() else ROOT / p
