@@ -66,6 +66,7 @@ def tweeteval_report(folder: Path, model_path: str | Path, candidates: list, fol
     (c) logistic regression on TweetEval val; all scored once on TweetEval test. Returns (table, cv table)."""
     import pandas as pd
     from sklearn.linear_model import LogisticRegression
+
     from mtl.evaluate import task_metrics
     from mtl.heads import state_to_numpy
     from mtl.pipeline import load_encoded, load_model
@@ -93,3 +94,27 @@ def tweeteval_report(folder: Path, model_path: str | Path, candidates: list, fol
     table = pd.DataFrame(rows).T
     board = pd.DataFrame({"macro_recall": LEADERBOARD}).rename(index=lambda n: f"leaderboard: {n} (45k training tweets)")
     return pd.concat([table, board]), cv
+
+
+def finetune_report(folder: Path, unfreeze: int, epochs: int = 2, lr_backbone: float = 3e-5, seed: int = 0):
+    """Optional: unfreeze the top `unfreeze` layers, train on curated train + TweetEval val + BBC,
+    score TweetEval test once. Returns metrics plus the training and test-encoding time in seconds."""
+    import time
+
+    import pandas as pd
+
+    from mtl.data import label_ids, load_dataset
+    from mtl.evaluate import task_metrics
+    from mtl.finetune import finetune, predict_finetuned
+
+    cur = load_dataset(paths.DATA_CSV)
+    frames = [cur[cur["split"] == "train"], load_dataset(folder / BBC), load_dataset(folder / TWEET_VAL)]
+    train_df = pd.concat(frames, ignore_index=True)
+    model, heads, train_s = finetune(list(train_df["text"]), label_ids(train_df, DEFAULT_TASKS), DEFAULT_TASKS, unfreeze=unfreeze,
+                                     epochs=epochs, lr_backbone=lr_backbone, seed=seed)
+    test = load_dataset(folder / TWEET_TEST)
+    start = time.perf_counter()
+    probs = predict_finetuned(model, heads, list(test["text"]), DEFAULT_TASKS)
+    m = task_metrics(label_ids(test, DEFAULT_TASKS)["sentiment"], probs["sentiment"].argmax(1), DEFAULT_TASKS["sentiment"])
+    return {"accuracy": m["accuracy"], "macro_recall": m["macro_recall"], "macro_f1": m["macro_f1"],
+            "train_seconds": train_s, "test_encode_seconds": time.perf_counter() - start}
