@@ -25,11 +25,12 @@ def run_all(params: dict, only: list[str] | None = None, out_dir: str | Path | N
 
     out = Path(out_dir) if out_dir else paths.RUNS_DIR / time.strftime("%Y%m%d-%H%M%S")
     out.mkdir(parents=True, exist_ok=True)
+    declared_by = {nb: set(pm.inspect_notebook(str(nb))) for nb in notebook_list()}
+    unknown = set(params) - set().union(*declared_by.values())
+    if unknown:
+        raise MTLError(f"unknown notebook parameter(s): {', '.join(sorted(unknown))}")
     for nb in notebook_list(only):
-        declared = {p for p in pm.inspect_notebook(str(nb))}
-        unknown = set(params) - set().union(*(pm.inspect_notebook(str(n)).keys() for n in notebook_list()))
-        if unknown:
-            raise MTLError(f"unknown notebook parameter(s): {', '.join(sorted(unknown))}")
+        declared = declared_by[nb]
         given = {k: v for k, v in params.items() if k in declared}
         print(f"running {nb.name} {given or ''}", file=sys.stderr)
         start = time.perf_counter()

@@ -37,7 +37,10 @@ def load_encoded(
     cache_dir: Path | None = None,
     verbose: bool = True,
 ):
-    """Load, validate and embed one or more CSVs (files may carry different task columns)."""
+    """Load, validate and embed one or more CSVs (files may carry different task columns).
+
+    Returns (Encoded, EncodeStats); files without a `split` column count as train rows.
+    """
     import pandas as pd
 
     from mtl.data import label_ids, load_dataset
