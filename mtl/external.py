@@ -56,7 +56,7 @@ def select_by_cv(base_x, base_y, val_x, val_y, candidates: list, folds: int = 5,
             y = {t: np.concatenate([base_y[t], val_y[t][fit]]) for t in DEFAULT_TASKS}
             heads, _, _ = train(x, y, DEFAULT_TASKS, cfg)
             scores.append(_sentiment_macro_recall(state_to_numpy(heads), val_x[hold], val_y["sentiment"][hold])["macro_recall"])
-        rows.append({"hidden": cfg.hidden, "lr": cfg.lr, "epochs": cfg.epochs, "balance": cfg.balance,
+        rows.append({"hidden": cfg.hidden, "lr": cfg.lr, "epochs": cfg.epochs, "balance": cfg.balance, "weight_decay": cfg.weight_decay,
                      "cv_macro_recall_mean": float(np.mean(scores)), "cv_macro_recall_sd": float(np.std(scores, ddof=1))})
     return pd.DataFrame(rows)
 
@@ -85,7 +85,7 @@ def tweeteval_report(folder: Path, model_path: str | Path, candidates: list, fol
 
     rows = {
         "(a) default model (curated data only)": _sentiment_macro_recall(load_model(model_path).state, test.x, test.y["sentiment"]),
-        f"(b) multi-task heads, curated + TweetEval val + BBC (hidden={best.hidden}, balance={best.balance})":
+        f"(b) multi-task heads, curated + TweetEval val + BBC (hidden={best.hidden}, balance={best.balance}, wd={best.weight_decay:g})":
             _sentiment_macro_recall(state_to_numpy(heads), test.x, test.y["sentiment"]),
     }
     lr = LogisticRegression(max_iter=3000, random_state=seed).fit(val.x, val.y["sentiment"])
