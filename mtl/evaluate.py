@@ -39,6 +39,20 @@ def evaluate(probs: dict[str, np.ndarray], y: dict[str, np.ndarray], tasks: Task
     return out
 
 
+def misclassified(frame, probs: dict[str, np.ndarray], tasks: Tasks):
+    """Rows whose predicted label differs from the labelled one, with the predicted probability."""
+    import pandas as pd
+
+    rows = []
+    for task, labels in tasks.items():
+        pred = probs[task].argmax(1)
+        for i, true in enumerate(frame[task]):
+            if isinstance(true, str) and labels[pred[i]] != true:
+                rows.append({"task": task, "text": frame["text"].iloc[i], "true": true, "predicted": labels[pred[i]],
+                             "p(predicted)": round(float(probs[task][i].max()), 3)})
+    return pd.DataFrame(rows, columns=["task", "text", "true", "predicted", "p(predicted)"])
+
+
 def format_table(metrics: dict[str, dict], title: str = "") -> str:
     """A small plain-text table: task, n, accuracy, macro-F1, macro-recall."""
     lines = [title] if title else []

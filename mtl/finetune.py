@@ -23,7 +23,7 @@ def finetune(texts: list[str], y: dict[str, np.ndarray], tasks: Tasks, unfreeze:
 
     from mtl.backbone import TorchEncoder, resolve_backbone
     from mtl.heads import build_heads
-    from mtl.train import seed_everything
+    from mtl.train import class_weights, seed_everything
 
     seed_everything(seed)
     st = TorchEncoder(resolve_backbone(), "torch-fp32", device).model
@@ -39,10 +39,7 @@ def finetune(texts: list[str], y: dict[str, np.ndarray], tasks: Tasks, unfreeze:
     opt = torch.optim.AdamW([{"params": [p for p in bert.parameters() if p.requires_grad], "lr": lr_backbone},
                              {"params": heads.parameters(), "lr": lr_heads}])
     Y = {t: torch.as_tensor(v) for t, v in y.items()}
-    weights = {}
-    for t, labels in tasks.items():
-        counts = torch.bincount(Y[t][Y[t] >= 0], minlength=len(labels)).float()
-        weights[t] = counts.sum() / (len(labels) * counts.clamp(min=1)) if balance else None
+    weights = {t: class_weights(Y[t], len(labels)) if balance else None for t, labels in tasks.items()}
     gen = torch.Generator().manual_seed(seed)
     start = time.perf_counter()
     for epoch in range(epochs):

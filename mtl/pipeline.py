@@ -156,8 +156,7 @@ def embed_for(ckpt, model_path, texts: list[str], backend: str | None = None, de
     spec = resolve_backbone(ckpt.meta.get("backbone", DEFAULT_BACKBONE))
     if backend is None:  # same numeric family as training: int8 stays int8, the rest use the fastest fp32-equivalent
         backend = "int8" if ckpt.meta.get("backend") == "onnx-int8" else "auto"
-    if spec.identity != ckpt.meta.get("backbone_identity"):
-        check_compatible(ckpt, model_path, spec.identity, ckpt.meta.get("embedding_dim"))
+    check_compatible(ckpt, model_path, spec.identity, ckpt.meta.get("embedding_dim"))  # before paying for encoding
     x, stats = encode(texts, backbone=spec.name, backend=backend, device=device, cache_dir=cache_dir)
     if len(texts):
         check_compatible(ckpt, model_path, spec.identity, int(x.shape[1]))

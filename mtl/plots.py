@@ -7,10 +7,12 @@ from pathlib import Path
 
 import numpy as np
 
+from mtl import paths
 from mtl.atomic import atomic_path
 from mtl.tasks import DEFAULT_TASKS
 
-os.environ.setdefault("NUMBA_CACHE_DIR", str(Path(__file__).resolve().parent.parent / ".cache" / "numba"))
+# UMAP compiles with numba; caching the JIT output makes later runs skip that cost.
+os.environ.setdefault("NUMBA_CACHE_DIR", str(paths.CACHE_DIR / "numba"))
 
 
 def save_figure(fig, path: str | Path) -> Path:

@@ -27,7 +27,7 @@ def test_uncertainty_weighting_learns_finite_task_weights(tmp_path):
     assert res["metrics"]["test"]["topic"]["accuracy"] >= 0.9
 
 
-def test_static_task_weight_zero_like_small_weight_changes_training(tmp_path):
+def test_static_task_weight_changes_only_that_head(tmp_path):
     a = train_from_csv(None, config=TrainConfig(epochs=3, device="cpu"), out=tmp_path / "a.safetensors", metrics_out=tmp_path / "a.json", verbose=False)
     b = train_from_csv(None, config=TrainConfig(epochs=3, task_weights={"sentiment": 0.01}, device="cpu"), out=tmp_path / "b.safetensors",
                        metrics_out=tmp_path / "b.json", verbose=False)
