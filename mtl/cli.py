@@ -79,6 +79,7 @@ def build_parser() -> Parser:
     t.add_argument("--task-weights", type=task_weights, default={}, help="static loss weights, e.g. topic=1,sentiment=2")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--backbone", default="all-MiniLM-L6-v2", help="packaged model, a local folder, or a hub name")
+    t.add_argument("--layers", default="last", help="embedding from the last layer (default) or the average of layers A-B, e.g. 4-6")
     t.add_argument("--out", default=None, help="checkpoint path (default saved_models/multi_task_model.safetensors)")
     t.add_argument("--metrics", default=None, help="metrics JSON path (default saved_models/metrics.json)")
     _common(t)
@@ -126,7 +127,7 @@ def cmd_train(a) -> int:
         epochs=a.epochs, lr=a.lr, batch_size=a.batch_size, hidden=a.hidden, dropout=a.dropout,
         weighting=a.weighting, task_weights=a.task_weights, seed=a.seed, device=a.device,
     )
-    res = train_from_csv(a.data, parse_tasks(a.tasks), cfg, a.backbone, a.backend, a.out, a.metrics, a.cache_dir)
+    res = train_from_csv(a.data, parse_tasks(a.tasks), cfg, a.backbone, a.backend, a.out, a.metrics, a.cache_dir, layers=a.layers)
     print(format_table(res["metrics"]["train"], "train split (seen in training):"))
     if "test" in res["metrics"]:
         print(format_table(res["metrics"]["test"], "test split (held out):"))

@@ -61,9 +61,17 @@ def select_by_cv(base_x, base_y, val_x, val_y, candidates: list, folds: int = 5,
     return pd.DataFrame(rows)
 
 
+def _describe(layers: str, cfg) -> str:
+    head = f"hidden={cfg.hidden}" if cfg.hidden else "linear"
+    return f"layers={layers}, {head}, balance={cfg.balance}, wd={cfg.weight_decay:g}"
+
+
 def tweeteval_report(folder: Path, model_path: str | Path, candidates: list, folds: int = 5, seed: int = 0, backend: str = "auto"):
     """(a) default model, (b) heads trained on curated + TweetEval val + BBC with CV-chosen settings,
-    (c) logistic regression on TweetEval val; all scored once on TweetEval test. Returns (table, cv table)."""
+    (c) logistic regression on TweetEval val; all scored once on TweetEval test. Returns (table, cv table).
+
+    `candidates` are (layers, TrainConfig) pairs; CV on val picks one, and only that one sees test.
+    """
     import pandas as pd
     from sklearn.linear_model import LogisticRegression
 
@@ -72,24 +80,37 @@ def tweeteval_report(folder: Path, model_path: str | Path, candidates: list, fol
     from mtl.pipeline import load_encoded, load_model
     from mtl.train import train
 
-    base, _ = load_encoded([paths.DATA_CSV, folder / BBC], backend=backend, device="cpu", verbose=False)
-    base = base.rows((base.frame["split"] == "train").to_numpy())  # curated test rows stay held out
-    val, _ = load_encoded([folder / TWEET_VAL], backend=backend, device="cpu", verbose=False)
-    test, _ = load_encoded([folder / TWEET_TEST], backend=backend, device="cpu", verbose=False)
+    def encoded(files: list, layers: str):
+        return load_encoded(files, backend=backend, device="cpu", verbose=False, layers=layers)[0]
 
-    cv = select_by_cv(base.x, base.y, val.x, val.y, candidates, folds, seed)
-    best = candidates[int(cv["cv_macro_recall_mean"].idxmax())]
+    cv_parts, data = [], {}
+    for layers in dict.fromkeys(layers for layers, _ in candidates):
+        base = encoded([paths.DATA_CSV, folder / BBC], layers)
+        base = base.rows((base.frame["split"] == "train").to_numpy())  # curated test rows stay held out
+        data[layers] = (base, encoded([folder / TWEET_VAL], layers))
+        cfgs = [cfg for lay, cfg in candidates if lay == layers]
+        part = select_by_cv(base.x, base.y, data[layers][1].x, data[layers][1].y, cfgs, folds, seed)
+        cv_parts.append(part.assign(layers=layers, candidate=[candidates.index((layers, c)) for c in cfgs]))
+    cv = pd.concat(cv_parts).set_index("candidate").sort_index()
+    cv = cv[["layers", *[c for c in cv.columns if c != "layers"]]]
+    best_layers, best = candidates[int(cv["cv_macro_recall_mean"].idxmax())]
+    base, val = data[best_layers]
     x = np.concatenate([base.x, val.x])
     y = {t: np.concatenate([base.y[t], val.y[t]]) for t in DEFAULT_TASKS}
     heads, _, _ = train(x, y, DEFAULT_TASKS, replace(best, seed=seed))
 
+    default = load_model(model_path)
+    test = encoded([folder / TWEET_TEST], best_layers)
+    test_last = test if best_layers == "last" else encoded([folder / TWEET_TEST], "last")
+    test_a = test_last if default.meta.get("layers", "last") == "last" else encoded([folder / TWEET_TEST], default.meta["layers"])
     rows = {
-        "(a) default model (curated data only)": _sentiment_macro_recall(load_model(model_path).state, test.x, test.y["sentiment"]),
-        f"(b) multi-task heads, curated + TweetEval val + BBC (hidden={best.hidden}, balance={best.balance}, wd={best.weight_decay:g})":
+        "(a) default model (curated data only)": _sentiment_macro_recall(default.state, test_a.x, test_a.y["sentiment"]),
+        f"(b) multi-task heads, curated + TweetEval val + BBC ({_describe(best_layers, best)})":
             _sentiment_macro_recall(state_to_numpy(heads), test.x, test.y["sentiment"]),
     }
-    lr = LogisticRegression(max_iter=3000, random_state=seed).fit(val.x, val.y["sentiment"])
-    m = task_metrics(test.y["sentiment"], lr.predict(test.x), DEFAULT_TASKS["sentiment"])
+    val_last = data["last"][1] if "last" in data else encoded([folder / TWEET_VAL], "last")
+    lr = LogisticRegression(max_iter=3000, random_state=seed).fit(val_last.x, val_last.y["sentiment"])
+    m = task_metrics(test_last.y["sentiment"], lr.predict(test_last.x), DEFAULT_TASKS["sentiment"])
     rows["(c) logistic regression on TweetEval val"] = {k: m[k] for k in ("accuracy", "macro_recall", "macro_f1")}
     table = pd.DataFrame(rows).T
     board = pd.DataFrame({"macro_recall": LEADERBOARD}).rename(index=lambda n: f"leaderboard: {n} (45k training tweets)")

@@ -36,6 +36,7 @@ def load_encoded(
     device: str = "auto",
     cache_dir: Path | None = None,
     verbose: bool = True,
+    layers: str = "last",
 ):
     """Load, validate and embed one or more CSVs (files may carry different task columns).
 
@@ -54,7 +55,7 @@ def load_encoded(
             df["split"] = "train"
         frames.append(df)
     frame = pd.concat(frames, ignore_index=True)
-    x, stats = encode(list(frame["text"]), backbone=backbone, backend=backend, device=device, cache_dir=cache_dir)
+    x, stats = encode(list(frame["text"]), backbone=backbone, backend=backend, device=device, cache_dir=cache_dir, layers=layers)
     if verbose:
         print(f"embeddings: {stats}", file=sys.stderr)
     return Encoded(frame, x, label_ids(frame, tasks)), stats
@@ -75,6 +76,7 @@ def train_from_csv(
     cache_dir: Path | None = None,
     log_every: int = 10,
     verbose: bool = True,
+    layers: str = "last",
 ) -> dict:
     """Train heads on the train rows, score train and held-out (split=test) rows, save checkpoint + metrics.
 
@@ -90,7 +92,7 @@ def train_from_csv(
     config.check()
     config.device = resolve_device(config.device)
     data = [Path(p) for p in (data or [paths.DATA_CSV])]
-    enc, stats = load_encoded(data, tasks, backbone, backend, config.device, cache_dir, verbose)
+    enc, stats = load_encoded(data, tasks, backbone, backend, config.device, cache_dir, verbose, layers)
     is_train = (enc.frame["split"] == "train").to_numpy()
     tr, te = enc.rows(is_train), enc.rows(~is_train)
     if len(tr.x) == 0:
@@ -125,6 +127,7 @@ def train_from_csv(
         "backbone": spec.name,
         "backbone_identity": spec.identity,
         "backend": stats.mode,
+        "layers": stats.layers,
         "embedding_dim": int(enc.x.shape[1]),
         "config": config.as_dict(),
         "data": {str(p): file_digest(p) for p in data},
@@ -157,7 +160,7 @@ def embed_for(ckpt, model_path, texts: list[str], backend: str | None = None, de
     if backend is None:  # same numeric family as training: int8 stays int8, the rest use the fastest fp32-equivalent
         backend = "int8" if ckpt.meta.get("backend") == "onnx-int8" else "auto"
     check_compatible(ckpt, model_path, spec.identity, ckpt.meta.get("embedding_dim"))  # before paying for encoding
-    x, stats = encode(texts, backbone=spec.name, backend=backend, device=device, cache_dir=cache_dir)
+    x, stats = encode(texts, backbone=spec.name, backend=backend, device=device, cache_dir=cache_dir, layers=ckpt.meta.get("layers", "last"))
     if len(texts):
         check_compatible(ckpt, model_path, spec.identity, int(x.shape[1]))
     return x, stats
