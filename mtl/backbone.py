@@ -106,12 +106,13 @@ def layers_tag(span: tuple[int, int] | None) -> str:
     return "last" if span is None else f"{span[0]}-{span[1]}"
 
 
-def combine_layers(layer_means: np.ndarray, span: tuple[int, int] | None, normalize: bool = True) -> np.ndarray:
-    """(batch, layers+1, dim) pooled hidden states -> (batch, dim) embeddings; index 0 is the word-embedding layer."""
+def combine_layers(layer_means: np.ndarray, span: tuple[int, int] | None) -> np.ndarray:
+    """(batch, layers+1, dim) pooled hidden states -> (batch, dim) unit-length embeddings; index 0 is the word-embedding layer.
+
+    Always L2-normalised, as `SentenceTransformer.encode(normalize_embeddings=True)` on the torch path.
+    """
     emb = layer_means[:, -1] if span is None else layer_means[:, span[0] : span[1] + 1].mean(1)
-    if normalize:
-        emb = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
-    return emb.astype(np.float32)
+    return (emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)).astype(np.float32)
 
 
 def cpu_has_bf16() -> bool:
@@ -239,7 +240,6 @@ class OnnxEncoder:
         opts.log_severity_level = 3
         self.session = ort.InferenceSession(str(model_path), opts, providers=["CPUExecutionProvider"])
         self.dim = int(self.session.get_outputs()[0].shape[-1])
-        self.normalize = _pooling(folder)[1]
 
     def encode(self, texts: list[str], batch_size: int = 32, span: tuple[int, int] | None = None) -> np.ndarray:
         encs = self.tokenizer.encode_batch(texts)
@@ -255,7 +255,7 @@ class OnnxEncoder:
                 n = len(encs[i].ids)
                 ids[row, :n] = encs[i].ids
                 mask[row, :n] = 1
-            out[idx] = combine_layers(self.session.run(None, {"input_ids": ids, "attention_mask": mask})[0], span, self.normalize)
+            out[idx] = combine_layers(self.session.run(None, {"input_ids": ids, "attention_mask": mask})[0], span)
         return out
 
 
@@ -275,15 +275,13 @@ def _max_seq_length(folder: Path) -> int:
     return int(json.loads(cfg.read_text()).get("max_seq_length", 256)) if cfg.is_file() else 256
 
 
-def _pooling(folder: Path) -> tuple[str, bool]:
-    modules = json.loads((folder / "modules.json").read_text()) if (folder / "modules.json").is_file() else []
-    normalize = any(m.get("type", "").endswith("Normalize") for m in modules)
+def _pooling(folder: Path) -> str:
     pool_cfg = folder / "1_Pooling" / "config.json"
     cfg = json.loads(pool_cfg.read_text()) if pool_cfg.is_file() else {"pooling_mode_mean_tokens": True}
     if cfg.get("pooling_mode_mean_tokens"):
-        return "mean", normalize
+        return "mean"
     if cfg.get("pooling_mode_cls_token"):
-        return "cls", normalize
+        return "cls"
     raise MTLError("backbone uses a pooling mode the ONNX backend does not support; use --backend torch")
 
 
@@ -319,7 +317,7 @@ def _export_fp32(backbone: Backbone, target: Path) -> None:
     from mtl.atomic import atomic_path
 
     folder = _local_folder(backbone)
-    pooling, _ = _pooling(folder)
+    pooling = _pooling(folder)
     print(f"exporting {backbone.name} to ONNX (once) -> {target}", file=sys.stderr)
     model = AutoModel.from_pretrained(str(folder), attn_implementation="eager").eval()
 

@@ -188,12 +188,19 @@ def cmd_evaluate(a) -> int:
     return 0
 
 
+def param_value(text: str):
+    """`-p NAME VALUE`: numbers, lists and booleans as JSON; anything else (e.g. "4-6", "cpu") stays a string."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
 def cmd_notebooks(a) -> int:
     from mtl.notebooks import run_all
 
     params = {k: v for k, v in (("epochs", a.epochs), ("lr", a.lr), ("device", a.device), ("seed", a.seed)) if v is not None}
-    for name, value in a.param:
-        params[name] = json.loads(value) if value[:1] in "[{0123456789-" or value in ("true", "false") else value
+    params.update((name, param_value(value)) for name, value in a.param)
     run_all(params, only=a.only, out_dir=a.out)
     return 0
 

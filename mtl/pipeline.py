@@ -205,14 +205,16 @@ def evaluate_csv(data: str | Path, model: str | Path | None = None, backend: str
     return evaluate(predict_proba(ckpt.state, ckpt.tasks, x), label_ids(df, ckpt.tasks), ckpt.tasks)
 
 
-def compare_lrs(data: list[str | Path] | None, lrs: list[float], config=None, tasks: Tasks = DEFAULT_TASKS, backend: str = "auto") -> dict:
+def compare_lrs(
+    data: list[str | Path] | None, lrs: list[float], config=None, tasks: Tasks = DEFAULT_TASKS, backend: str = "auto", layers: str = "last"
+) -> dict:
     """Train (without saving) at several learning rates; return {lr: history}."""
     from dataclasses import replace
 
     from mtl.train import TrainConfig, train
 
     config = config or TrainConfig()
-    enc, _ = load_encoded([Path(p) for p in (data or [paths.DATA_CSV])], tasks, backend=backend, device="cpu", verbose=False)
+    enc, _ = load_encoded([Path(p) for p in (data or [paths.DATA_CSV])], tasks, backend=backend, device="cpu", verbose=False, layers=layers)
     is_train = (enc.frame["split"] == "train").to_numpy()
     tr, te = enc.rows(is_train), enc.rows(~is_train)
     return {lr: train(tr.x, tr.y, tasks, replace(config, lr=lr, device="cpu"), te.x, te.y)[1] for lr in lrs}

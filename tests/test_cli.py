@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import pickle
 
+import numpy as np
 import pytest
 from conftest import external, run_cli
 
@@ -45,6 +46,34 @@ def test_train_flags_are_used(tmp_path):
     assert (cfg["epochs"], cfg["lr"], cfg["batch_size"], cfg["seed"]) == (3, 0.005, 16, 4)
     assert len(meta["history"]) == 3
     assert "test split (held out)" in r.stdout and "train split" in r.stdout
+
+
+def test_layers_flag_is_stored_and_used_by_predict(tmp_path):
+    """A checkpoint trained on layers 4-6 must be fed layers 4-6 at predict time (the metadata says so)."""
+    from mtl.embed import encode
+    from mtl.heads import predict_proba
+    from mtl.pipeline import load_model
+
+    out, cache = tmp_path / "m.safetensors", tmp_path / "cache"
+    r = run_cli("train", "--layers", "4-6", "--epochs", "20", "--out", str(out), "--metrics", str(tmp_path / "m.json"), "--cache-dir", str(cache))
+    assert r.returncode == 0, r.stderr
+    ckpt = load_model(out)
+    assert ckpt.meta["layers"] == "4-6"
+    assert ckpt.meta["metrics"]["test"]["topic"]["accuracy"] >= 0.9  # held-out split
+    r = run_cli("predict", "-", "--model", str(out), "--format", "jsonl", "--cache-dir", str(cache), stdin="\n".join(GOOD) + "\n")
+    assert r.returncode == 0, r.stderr
+    got = [json.loads(line)["sentiment_probs"] for line in r.stdout.splitlines()]
+    x, stats = encode(GOOD, backend="onnx", cache_dir=cache, layers="4-6")
+    assert stats.encoded == 0  # predict already cached exactly these layer-4-6 vectors
+    want = predict_proba(ckpt.state, ckpt.tasks, x)["sentiment"]
+    np.testing.assert_allclose([list(g.values()) for g in got], want, atol=1e-3)
+
+
+@pytest.mark.parametrize("text, want", [("20", 20), ("1e-3", 1e-3), ("true", True), ("[1, 2]", [1, 2]), ("4-6", "4-6"), ("cpu", "cpu"), ("-3", -3)])
+def test_notebook_parameter_values(text, want):
+    from mtl.cli import param_value
+
+    assert param_value(text) == want
 
 
 def test_original_command_runs(tmp_path):
@@ -122,6 +151,8 @@ CATALOGUE = [
     ("evaluate no labels", ["evaluate", "--data", "{nolabels}", "--model", "{model}"], "no label column"),
     ("read-only output", ["train", "--epochs", "1", "--out", "{ro}/m.safetensors", "--metrics", "{tmp}/m.json"], "cannot write"),
     ("unknown task weights", ["train", "--task-weights", "topic=heavy"], "--task-weights: expected task=weight"),
+    ("layer out of range", ["train", "--layers", "4-9"], "--layers '4-9': expected 'last' or A-B with 1 <= A <= B <= 6"),
+    ("layer not a range", ["train", "--layers", "middle"], "--layers 'middle': expected 'last' or A-B"),
 ]
 
 

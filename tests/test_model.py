@@ -128,6 +128,64 @@ def test_onnx_backend_is_numerically_equivalent_to_torch_fp32(tmp_path):
     assert cos.min() >= 0.9999, cos
 
 
+def test_layer_average_is_the_same_on_both_backends_and_differs_from_last(tmp_path):
+    ref, stats = encode(SENTENCES, backend="torch", device="cpu", cache_dir=tmp_path, layers="4-6")
+    fast, fstats = encode(SENTENCES, backend="onnx", cache_dir=tmp_path, layers="4-6")
+    last, lstats = encode(SENTENCES, backend="onnx", cache_dir=tmp_path)
+    assert (stats.layers, fstats.layers, lstats.layers) == ("4-6", "4-6", "last")
+    assert lstats.encoded == len(SENTENCES)  # layer choices never share cache entries
+    assert (ref * fast).sum(1).min() >= 0.9999
+    np.testing.assert_allclose(np.linalg.norm(fast, axis=1), 1, atol=1e-5)
+    assert (fast * last).sum(1).max() < 0.95
+    same, sstats = encode(SENTENCES, backend="onnx", cache_dir=tmp_path, layers="6")  # layer 6 alone is the standard embedding
+    assert sstats.layers == "last" and sstats.encoded == 0
+
+
+@pytest.mark.parametrize("spec, want", [("last", None), ("6", None), ("6-6", None), ("4-6", (4, 6)), ("3", (3, 3)), (" 1-6 ", (1, 6))])
+def test_parse_layers(spec, want):
+    from mtl.backbone import parse_layers
+
+    assert parse_layers(spec, 6) == want
+
+
+@pytest.mark.parametrize("spec", ["0-3", "4-9", "5-4", "a-b", "", "4-", "-6"])
+def test_parse_layers_rejects(spec):
+    from mtl.backbone import parse_layers
+
+    with pytest.raises(MTLError, match="--layers"):
+        parse_layers(spec, 6)
+
+
+@pytest.mark.parametrize(
+    "raw, want",
+    [
+        ("I love it 😍", "I love it smiling face with heart-shaped eyes"),
+        ("nice 👍🏽 🇺🇸!", "nice thumbs up sign !"),  # skin tone and flag letters carry no sentiment
+        ("so sad ❤️", "so sad heavy black heart"),  # variation selector dropped
+        ("Don\\u2019t stop\\u002c ok &amp; go", "Don\u2019t stop, ok & go"),  # scraping artefacts undone
+        ("\\ud83d\\ude02 lol", "face with tears of joy lol"),  # escaped surrogate pair
+        ("Café “quoted” – fine", "Café “quoted” – fine"),  # ordinary Unicode text is untouched
+    ],
+)
+def test_backbone_text_spells_out_emoji_the_vocabulary_lacks(raw, want):
+    from mtl.embed import backbone_text
+
+    assert backbone_text(raw) == want
+
+
+def test_plain_text_reaches_the_backbone_unchanged():
+    from mtl.embed import backbone_text
+
+    text = "The striker scored twice in the derby."
+    assert backbone_text(text) is text
+
+
+def test_emoji_now_move_the_embedding(tmp_path):
+    """Before spelling them out, "so sad 😢" and "so sad 🎉" both read "so sad [UNK]"."""
+    x, _ = encode(["what a day 😢", "what a day 🎉"], backend="onnx", cache_dir=tmp_path)
+    assert float(x[0] @ x[1]) < 0.95
+
+
 def test_int8_backend_stays_close(tmp_path):
     ref, _ = encode(SENTENCES, backend="onnx", cache_dir=tmp_path)
     q, stats = encode(SENTENCES, backend="int8", cache_dir=tmp_path)
