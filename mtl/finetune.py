@@ -22,10 +22,12 @@ def finetune(texts: list[str], y: dict[str, np.ndarray], tasks: Tasks, unfreeze:
     import torch.nn.functional as F
 
     from mtl.backbone import TorchEncoder, resolve_backbone
+    from mtl.embed import backbone_text
     from mtl.heads import build_heads
     from mtl.train import class_weights, seed_everything
 
     seed_everything(seed)
+    texts = [backbone_text(t) for t in texts]  # read the text as the frozen path does
     st = TorchEncoder(resolve_backbone(), "torch-fp32", device).model
     bert = st[0].auto_model
     layers = bert.encoder.layer
@@ -71,6 +73,8 @@ def predict_finetuned(model, heads, texts: list[str], tasks: Tasks, batch_size: 
     """Class probabilities per task from a fine-tuned backbone + heads."""
     import torch
 
+    from mtl.embed import backbone_text
+
     with torch.inference_mode():
-        x = model.encode(texts, batch_size=batch_size, convert_to_tensor=True, normalize_embeddings=True)
+        x = model.encode([backbone_text(t) for t in texts], batch_size=batch_size, convert_to_tensor=True, normalize_embeddings=True)
         return {t: torch.softmax(heads[t](x), 1).numpy() for t in tasks}
