@@ -68,7 +68,8 @@ def _describe(layers: str, cfg) -> str:
 
 def tweeteval_report(folder: Path, model_path: str | Path, candidates: list, folds: int = 5, seed: int = 0, backend: str = "auto"):
     """(a) default model, (b) heads trained on curated + TweetEval val + BBC with CV-chosen settings,
-    (c) logistic regression on TweetEval val; all scored once on TweetEval test. Returns (table, cv table).
+    (c) logistic regression on TweetEval val; all scored once on TweetEval test.
+    Returns (table, cv table, the chosen (layers, TrainConfig)).
 
     `candidates` are (layers, TrainConfig) pairs; CV on val picks one, and only that one sees test.
     """
@@ -114,12 +115,18 @@ def tweeteval_report(folder: Path, model_path: str | Path, candidates: list, fol
     rows["(c) logistic regression on TweetEval val"] = {k: m[k] for k in ("accuracy", "macro_recall", "macro_f1")}
     table = pd.DataFrame(rows).T
     board = pd.DataFrame({"macro_recall": LEADERBOARD}).rename(index=lambda n: f"leaderboard: {n} (45k training tweets)")
-    return pd.concat([table, board]), cv
+    return pd.concat([table, board]), cv, (best_layers, best)
 
 
-def finetune_report(folder: Path, unfreeze: int, epochs: int = 2, lr_backbone: float = 3e-5, seed: int = 0):
+def finetune_report(folder: Path, unfreeze: int, epochs: int = 2, lr_backbone: float = 3e-5, seed: int = 0,
+                    chosen: tuple | None = None, backend: str = "auto"):
     """Optional: unfreeze the top `unfreeze` layers, train on curated train + TweetEval val + BBC,
-    score TweetEval test once. Returns metrics plus the training and test-encoding time in seconds."""
+    score TweetEval test once. Returns metrics plus the training and test-encoding time in seconds.
+
+    `chosen`: the (layers, TrainConfig) that CV picked for (b). Its heads are trained on the frozen
+    features first and fine-tuning starts from them, with the same pooling; without it, heads start
+    from scratch on the last layer.
+    """
     import time
 
     import pandas as pd
@@ -127,15 +134,20 @@ def finetune_report(folder: Path, unfreeze: int, epochs: int = 2, lr_backbone: f
     from mtl.data import label_ids, load_dataset
     from mtl.evaluate import task_metrics
     from mtl.finetune import finetune, predict_finetuned
+    from mtl.pipeline import load_encoded
+    from mtl.train import train
 
-    cur = load_dataset(paths.DATA_CSV)
-    frames = [cur[cur["split"] == "train"], load_dataset(folder / BBC), load_dataset(folder / TWEET_VAL)]
-    train_df = pd.concat(frames, ignore_index=True)
-    model, heads, train_s = finetune(list(train_df["text"]), label_ids(train_df, DEFAULT_TASKS), DEFAULT_TASKS, unfreeze=unfreeze,
-                                     epochs=epochs, lr_backbone=lr_backbone, seed=seed)
+    layers, head_cfg = chosen or ("last", None)
+    enc, _ = load_encoded([paths.DATA_CSV, folder / BBC, folder / TWEET_VAL], backend=backend, device="cpu", verbose=False, layers=layers)
+    enc = enc.rows((enc.frame["split"] == "train").to_numpy())  # curated test rows stay held out
+    init = train(enc.x, enc.y, DEFAULT_TASKS, replace(head_cfg, seed=seed))[0] if head_cfg else None
+    model, heads, span, train_s = finetune(list(enc.frame["text"]), enc.y, DEFAULT_TASKS, unfreeze=unfreeze, epochs=epochs,
+                                           lr_backbone=lr_backbone, lr_heads=1e-4 if init is not None else 1e-3, seed=seed,
+                                           layers=layers, init_heads=init)
     test = load_dataset(folder / TWEET_TEST)
     start = time.perf_counter()
-    probs = predict_finetuned(model, heads, list(test["text"]), DEFAULT_TASKS)
+    probs = predict_finetuned(model, heads, list(test["text"]), DEFAULT_TASKS, span)
     m = task_metrics(label_ids(test, DEFAULT_TASKS)["sentiment"], probs["sentiment"].argmax(1), DEFAULT_TASKS["sentiment"])
-    return {"accuracy": m["accuracy"], "macro_recall": m["macro_recall"], "macro_f1": m["macro_f1"],
-            "train_seconds": train_s, "test_encode_seconds": time.perf_counter() - start}
+    return pd.Series({"unfreeze": unfreeze, "epochs": epochs, "layers": layers, "heads_start": "frozen (b) heads" if init is not None else "random",
+                      "accuracy": m["accuracy"], "macro_recall": m["macro_recall"], "macro_f1": m["macro_f1"],
+                      "train_seconds": train_s, "test_encode_seconds": time.perf_counter() - start})

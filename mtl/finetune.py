@@ -1,12 +1,15 @@
 """Optional: unfreeze the top N transformer layers (small learning rate) together with the task heads.
 
-The lower 6-N layers stay frozen, so their outputs are computed under `no_grad`; only the top
-layers, the pooling and the heads train. The result is a *different backbone*, so its
-embeddings are kept in memory for the caller and never written to the frozen backbone's cache.
+The lower 6-N layers get no gradient; only the top layers and the heads train. Pooling is the
+frozen path's (`layers`: the last layer, or the average of layers A..B), and the heads can start
+from heads already trained on the frozen features ("linear probe, then fine-tune", Kumar et al.
+2022), so the backbone starts moving from a good classifier instead of a random one. The result is
+a *different backbone*, so its embeddings stay in memory and never enter the frozen cache.
 """
 
 from __future__ import annotations
 
+import copy
 import sys
 import time
 
@@ -15,29 +18,47 @@ import numpy as np
 from mtl.tasks import Tasks
 
 
-def finetune(texts: list[str], y: dict[str, np.ndarray], tasks: Tasks, unfreeze: int = 2, epochs: int = 2, lr_backbone: float = 2e-5,
-             lr_heads: float = 1e-3, batch_size: int = 32, balance: bool = True, seed: int = 0, device: str = "cpu", verbose: bool = True):
-    """Train top `unfreeze` layers + linear heads on `texts`; return (model, heads, seconds)."""
+def _embed(model, texts: list[str], span: tuple[int, int] | None):
+    """Mean-pooled, L2-normalised embeddings from layers `span` (None: the last), with gradients if enabled."""
     import torch
     import torch.nn.functional as F
 
-    from mtl.backbone import TorchEncoder, resolve_backbone
+    feats = model.tokenizer(texts, padding=True, truncation=True, max_length=model.max_seq_length, return_tensors="pt").to(model.device)
+    states = model[0].auto_model(**feats, output_hidden_states=True).hidden_states
+    lo, hi = span or (len(states) - 1, len(states) - 1)
+    mask = feats["attention_mask"].unsqueeze(-1).to(states[0].dtype)
+    pooled = torch.stack([(h * mask).sum(1) / mask.sum(1).clamp(min=1e-9) for h in states[lo : hi + 1]], 1).mean(1)
+    return F.normalize(pooled, dim=1)
+
+
+def finetune(texts: list[str], y: dict[str, np.ndarray], tasks: Tasks, unfreeze: int = 2, epochs: int = 2, lr_backbone: float = 3e-5,
+             lr_heads: float = 1e-3, batch_size: int = 32, balance: bool = True, seed: int = 0, device: str = "cpu",
+             layers: str = "last", init_heads=None, verbose: bool = True):
+    """Train the top `unfreeze` layers + heads on `texts`; return (model, heads, span, seconds).
+
+    `init_heads`: torch heads trained on the frozen `layers` features to start from (copied, not changed).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from mtl.backbone import TorchEncoder, num_layers, parse_layers, resolve_backbone
     from mtl.embed import backbone_text
     from mtl.heads import build_heads
     from mtl.train import class_weights, seed_everything
 
     seed_everything(seed)
     texts = [backbone_text(t) for t in texts]  # read the text as the frozen path does
-    st = TorchEncoder(resolve_backbone(), "torch-fp32", device).model
-    bert = st[0].auto_model
-    layers = bert.encoder.layer
+    spec = resolve_backbone()
+    span = parse_layers(layers, num_layers(spec))
+    model = TorchEncoder(spec, "torch-fp32", device).model
+    bert = model[0].auto_model
     for p in bert.parameters():
         p.requires_grad = False
-    for layer in layers[len(layers) - unfreeze :]:
+    for layer in bert.encoder.layer[len(bert.encoder.layer) - unfreeze :]:
         for p in layer.parameters():
             p.requires_grad = True
-    dim = (getattr(st, "get_embedding_dimension", None) or st.get_sentence_embedding_dimension)()
-    heads = build_heads(tasks, dim).to(device)
+    dim = (getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension)()
+    heads = copy.deepcopy(init_heads).to(device) if init_heads is not None else build_heads(tasks, dim).to(device)
     opt = torch.optim.AdamW([{"params": [p for p in bert.parameters() if p.requires_grad], "lr": lr_backbone},
                              {"params": heads.parameters(), "lr": lr_heads}])
     Y = {t: torch.as_tensor(v) for t, v in y.items()}
@@ -45,14 +66,13 @@ def finetune(texts: list[str], y: dict[str, np.ndarray], tasks: Tasks, unfreeze:
     gen = torch.Generator().manual_seed(seed)
     start = time.perf_counter()
     for epoch in range(epochs):
-        st.train()
+        model.train()
+        heads.train()
         perm = torch.randperm(len(texts), generator=gen)
         total = 0.0
         for b in range(0, len(texts), batch_size):
             idx = perm[b : b + batch_size]
-            feats = getattr(st, "preprocess", st.tokenize)([texts[i] for i in idx])
-            feats = {k: v.to(device) if hasattr(v, "to") else v for k, v in feats.items()}
-            emb = F.normalize(st(feats)["sentence_embedding"], dim=1)
+            emb = _embed(model, [texts[i] for i in idx], span)
             loss = torch.zeros(())
             for t in tasks:
                 yt = Y[t][idx]
@@ -64,17 +84,24 @@ def finetune(texts: list[str], y: dict[str, np.ndarray], tasks: Tasks, unfreeze:
             total += float(loss.detach()) * len(idx)
         if verbose:
             print(f"fine-tune epoch {epoch + 1}/{epochs}: loss {total / len(texts):.4f} ({time.perf_counter() - start:.0f} s)", file=sys.stderr)
-    st.eval()
+    model.eval()
     heads.eval()
-    return st, heads, time.perf_counter() - start
+    return model, heads, span, time.perf_counter() - start
 
 
-def predict_finetuned(model, heads, texts: list[str], tasks: Tasks, batch_size: int = 64) -> dict[str, np.ndarray]:
-    """Class probabilities per task from a fine-tuned backbone + heads."""
+def predict_finetuned(model, heads, texts: list[str], tasks: Tasks, span: tuple[int, int] | None = None, batch_size: int = 64) -> dict[str, np.ndarray]:
+    """Class probabilities per task from a fine-tuned backbone + heads (same pooling as in training)."""
     import torch
 
     from mtl.embed import backbone_text
 
+    texts = [backbone_text(t) for t in texts]
+    order = np.argsort([len(t) for t in texts], kind="stable")  # similar lengths together: little padding
+    out = {t: np.empty((len(texts), len(labels)), dtype=np.float32) for t, labels in tasks.items()}
     with torch.inference_mode():
-        x = model.encode([backbone_text(t) for t in texts], batch_size=batch_size, convert_to_tensor=True, normalize_embeddings=True)
-        return {t: torch.softmax(heads[t](x), 1).numpy() for t in tasks}
+        for start in range(0, len(texts), batch_size):
+            idx = order[start : start + batch_size]
+            emb = _embed(model, [texts[i] for i in idx], span)
+            for t in tasks:
+                out[t][idx] = torch.softmax(heads[t](emb), 1).cpu().numpy()
+    return out

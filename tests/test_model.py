@@ -221,3 +221,32 @@ def test_shipped_data_uses_the_project_cache():
     encode(texts)
     _, stats = encode(texts)
     assert stats.encoded == 0 and stats.cached == len(texts)
+
+
+def test_finetune_trains_only_the_top_layers_and_pools_like_the_frozen_path(tmp_path):
+    import copy
+
+    from mtl.backbone import TorchEncoder, resolve_backbone
+    from mtl.data import label_ids, load_dataset
+    from mtl.finetune import _embed, finetune, predict_finetuned
+
+    df = load_dataset(paths.DATA_CSV).head(40)
+    y = label_ids(df, DEFAULT_TASKS)
+    x, _ = encode(list(df["text"]), backend="torch", device="cpu", cache_dir=tmp_path, layers="4-6")
+    init = train(x, y, DEFAULT_TASKS, TrainConfig(epochs=5, device="cpu"))[0]
+    before = copy.deepcopy(init.state_dict())
+
+    fresh = TorchEncoder(resolve_backbone(), "torch-fp32", "cpu").model
+    with torch.no_grad():
+        same = _embed(fresh, list(df["text"][:5]), (4, 6)).numpy()
+    assert (same * x[:5]).sum(1).min() >= 0.9999  # fine-tuning starts from exactly the frozen features
+
+    model, heads, span, _ = finetune(list(df["text"]), y, DEFAULT_TASKS, unfreeze=1, epochs=1, layers="4-6", init_heads=init, verbose=False)
+    assert span == (4, 6)
+    old, new = fresh[0].auto_model.encoder.layer, model[0].auto_model.encoder.layer
+    assert all(torch.equal(a, b) for i in range(5) for a, b in zip(old[i].parameters(), new[i].parameters()))
+    assert not all(torch.equal(a, b) for a, b in zip(old[5].parameters(), new[5].parameters()))
+    assert all(torch.equal(before[k], v) for k, v in init.state_dict().items())  # the caller's heads are copied, not changed
+    probs = predict_finetuned(model, heads, ["A late goal won the cup 😍", "The vote was delayed."], DEFAULT_TASKS, span)
+    assert probs["sentiment"].shape == (2, 3)
+    np.testing.assert_allclose(probs["topic"].sum(1), 1, atol=1e-5)
