@@ -72,8 +72,7 @@ def compare(data: list[str | Path] | None = None, tasks: Tasks = DEFAULT_TASKS, 
 
     config = replace(config or TrainConfig(), device="cpu")
     enc, _ = load_encoded([Path(p) for p in (data or [paths.DATA_CSV])], tasks, backend=backend, device="cpu", verbose=False)
-    is_train = (enc.frame["split"] == "train").to_numpy()
-    tr, te = enc.rows(is_train), enc.rows(~is_train)
+    tr, te = enc.split()
     cell = ["/".join(str(v[i]) for v in tr.y.values()) for i in range(len(tr.x))]
     splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=config.seed)
     protos = _zero_shot_prototypes(tasks, backend)

@@ -5,6 +5,7 @@ TweetEval **test** is for final reporting only: settings are chosen by k-fold CV
 
 from __future__ import annotations
 
+import functools
 from dataclasses import replace
 from pathlib import Path
 
@@ -32,12 +33,18 @@ def available(external_dir: str | Path | None = None) -> Path | None:
     return folder
 
 
-def _sentiment_macro_recall(state, x, y) -> dict:
+def _sentiment_scores(y: np.ndarray, pred: np.ndarray) -> dict:
+    """Accuracy, macro-recall (TweetEval's official metric) and macro-F1 of sentiment label ids."""
     from mtl.evaluate import task_metrics
+
+    m = task_metrics(y, pred, DEFAULT_TASKS["sentiment"])
+    return {"accuracy": m["accuracy"], "macro_recall": m["macro_recall"], "macro_f1": m["macro_f1"]}
+
+
+def _sentiment_macro_recall(state, x, y) -> dict:
     from mtl.heads import predict_proba
 
-    m = task_metrics(y, predict_proba(state, {"sentiment": DEFAULT_TASKS["sentiment"]}, x)["sentiment"].argmax(1), DEFAULT_TASKS["sentiment"])
-    return {"accuracy": m["accuracy"], "macro_recall": m["macro_recall"], "macro_f1": m["macro_f1"]}
+    return _sentiment_scores(y, predict_proba(state, {"sentiment": DEFAULT_TASKS["sentiment"]}, x)["sentiment"].argmax(1))
 
 
 def select_by_cv(base_x, base_y, val_x, val_y, candidates: list, folds: int = 5, seed: int = 0):
@@ -76,43 +83,38 @@ def tweeteval_report(folder: Path, model_path: str | Path, candidates: list, fol
     import pandas as pd
     from sklearn.linear_model import LogisticRegression
 
-    from mtl.evaluate import task_metrics
     from mtl.heads import state_to_numpy
     from mtl.pipeline import load_encoded, load_model
     from mtl.train import train
 
-    def encoded(files: list, layers: str):
-        return load_encoded(files, backend=backend, device="cpu", verbose=False, layers=layers)[0]
+    @functools.cache  # each (file, layer choice) is loaded and encoded, or read from the cache, once
+    def encoded(files: tuple, layers: str):
+        return load_encoded(list(files), backend=backend, device="cpu", verbose=False, layers=layers)[0]
 
-    cv_parts, data = [], {}
-    for layers in dict.fromkeys(layers for layers, _ in candidates):
-        base = encoded([paths.DATA_CSV, folder / BBC], layers)
-        base = base.rows((base.frame["split"] == "train").to_numpy())  # curated test rows stay held out
-        data[layers] = (base, encoded([folder / TWEET_VAL], layers))
-        cfgs = [cfg for lay, cfg in candidates if lay == layers]
-        part = select_by_cv(base.x, base.y, data[layers][1].x, data[layers][1].y, cfgs, folds, seed)
-        cv_parts.append(part.assign(layers=layers, candidate=[candidates.index((layers, c)) for c in cfgs]))
-    cv = pd.concat(cv_parts).set_index("candidate").sort_index()
-    cv = cv[["layers", *[c for c in cv.columns if c != "layers"]]]
+    def base_and_val(layers: str):
+        return encoded((paths.DATA_CSV, folder / BBC), layers).split()[0], encoded((folder / TWEET_VAL,), layers)  # curated test rows stay held out
+
+    rows = []
+    for i, (layers, cfg) in enumerate(candidates):
+        base, val = base_and_val(layers)
+        rows.append({"candidate": i, "layers": layers, **select_by_cv(base.x, base.y, val.x, val.y, [cfg], folds, seed).iloc[0]})
+    cv = pd.DataFrame(rows).set_index("candidate")
     best_layers, best = candidates[int(cv["cv_macro_recall_mean"].idxmax())]
-    base, val = data[best_layers]
+    base, val = base_and_val(best_layers)
     x = np.concatenate([base.x, val.x])
     y = {t: np.concatenate([base.y[t], val.y[t]]) for t in DEFAULT_TASKS}
     heads, _, _ = train(x, y, DEFAULT_TASKS, replace(best, seed=seed))
 
     default = load_model(model_path)
-    test = encoded([folder / TWEET_TEST], best_layers)
-    test_last = test if best_layers == "last" else encoded([folder / TWEET_TEST], "last")
-    test_a = test_last if default.meta.get("layers", "last") == "last" else encoded([folder / TWEET_TEST], default.meta["layers"])
+    test_a, test_b, test_c = (encoded((folder / TWEET_TEST,), lay) for lay in (default.meta.get("layers", "last"), best_layers, "last"))
     rows = {
         "(a) default model (curated data only)": _sentiment_macro_recall(default.state, test_a.x, test_a.y["sentiment"]),
         f"(b) multi-task heads, curated + TweetEval val + BBC ({_describe(best_layers, best)})":
-            _sentiment_macro_recall(state_to_numpy(heads), test.x, test.y["sentiment"]),
+            _sentiment_macro_recall(state_to_numpy(heads), test_b.x, test_b.y["sentiment"]),
     }
-    val_last = data["last"][1] if "last" in data else encoded([folder / TWEET_VAL], "last")
-    lr = LogisticRegression(max_iter=3000, random_state=seed).fit(val_last.x, val_last.y["sentiment"])
-    m = task_metrics(test_last.y["sentiment"], lr.predict(test_last.x), DEFAULT_TASKS["sentiment"])
-    rows["(c) logistic regression on TweetEval val"] = {k: m[k] for k in ("accuracy", "macro_recall", "macro_f1")}
+    val_c = encoded((folder / TWEET_VAL,), "last")
+    lr = LogisticRegression(max_iter=3000, random_state=seed).fit(val_c.x, val_c.y["sentiment"])
+    rows["(c) logistic regression on TweetEval val"] = _sentiment_scores(test_c.y["sentiment"], lr.predict(test_c.x))
     table = pd.DataFrame(rows).T
     board = pd.DataFrame({"macro_recall": LEADERBOARD}).rename(index=lambda n: f"leaderboard: {n} (45k training tweets)")
     return pd.concat([table, board]), cv, (best_layers, best)
@@ -132,14 +134,13 @@ def finetune_report(folder: Path, unfreeze: int, epochs: int = 2, lr_backbone: f
     import pandas as pd
 
     from mtl.data import label_ids, load_dataset
-    from mtl.evaluate import task_metrics
     from mtl.finetune import finetune, predict_finetuned
     from mtl.pipeline import load_encoded
     from mtl.train import train
 
     layers, head_cfg = chosen or ("last", None)
     enc, _ = load_encoded([paths.DATA_CSV, folder / BBC, folder / TWEET_VAL], backend=backend, device="cpu", verbose=False, layers=layers)
-    enc = enc.rows((enc.frame["split"] == "train").to_numpy())  # curated test rows stay held out
+    enc = enc.split()[0]  # curated test rows stay held out
     init = train(enc.x, enc.y, DEFAULT_TASKS, replace(head_cfg, seed=seed))[0] if head_cfg else None
     model, heads, span, train_s = finetune(list(enc.frame["text"]), enc.y, DEFAULT_TASKS, unfreeze=unfreeze, epochs=epochs,
                                            lr_backbone=lr_backbone, lr_heads=1e-4 if init is not None else 1e-3, seed=seed,
@@ -147,7 +148,7 @@ def finetune_report(folder: Path, unfreeze: int, epochs: int = 2, lr_backbone: f
     test = load_dataset(folder / TWEET_TEST)
     start = time.perf_counter()
     probs = predict_finetuned(model, heads, list(test["text"]), DEFAULT_TASKS, span)
-    m = task_metrics(label_ids(test, DEFAULT_TASKS)["sentiment"], probs["sentiment"].argmax(1), DEFAULT_TASKS["sentiment"])
+    scores = _sentiment_scores(label_ids(test, DEFAULT_TASKS)["sentiment"], probs["sentiment"].argmax(1))
     return pd.Series({"unfreeze": unfreeze, "epochs": epochs, "layers": layers, "heads_start": "frozen (b) heads" if init is not None else "random",
-                      "accuracy": m["accuracy"], "macro_recall": m["macro_recall"], "macro_f1": m["macro_f1"],
+                      **scores,
                       "train_seconds": train_s, "test_encode_seconds": time.perf_counter() - start})

@@ -18,19 +18,6 @@ import numpy as np
 from mtl.tasks import Tasks
 
 
-def _embed(model, texts: list[str], span: tuple[int, int] | None):
-    """Mean-pooled, L2-normalised embeddings from layers `span` (None: the last), with gradients if enabled."""
-    import torch
-    import torch.nn.functional as F
-
-    feats = model.tokenizer(texts, padding=True, truncation=True, max_length=model.max_seq_length, return_tensors="pt").to(model.device)
-    states = model[0].auto_model(**feats, output_hidden_states=True).hidden_states
-    lo, hi = span or (len(states) - 1, len(states) - 1)
-    mask = feats["attention_mask"].unsqueeze(-1).to(states[0].dtype)
-    pooled = torch.stack([(h * mask).sum(1) / mask.sum(1).clamp(min=1e-9) for h in states[lo : hi + 1]], 1).mean(1)
-    return F.normalize(pooled, dim=1)
-
-
 def finetune(texts: list[str], y: dict[str, np.ndarray], tasks: Tasks, unfreeze: int = 2, epochs: int = 2, lr_backbone: float = 3e-5,
              lr_heads: float = 1e-3, batch_size: int = 32, balance: bool = True, seed: int = 0, device: str = "cpu",
              layers: str = "last", init_heads=None, verbose: bool = True):
@@ -41,7 +28,7 @@ def finetune(texts: list[str], y: dict[str, np.ndarray], tasks: Tasks, unfreeze:
     import torch
     import torch.nn.functional as F
 
-    from mtl.backbone import TorchEncoder, num_layers, parse_layers, resolve_backbone
+    from mtl.backbone import TorchEncoder, num_layers, parse_layers, resolve_backbone, torch_embedding
     from mtl.embed import backbone_text
     from mtl.heads import build_heads
     from mtl.train import class_weights, seed_everything
@@ -72,7 +59,7 @@ def finetune(texts: list[str], y: dict[str, np.ndarray], tasks: Tasks, unfreeze:
         total = 0.0
         for b in range(0, len(texts), batch_size):
             idx = perm[b : b + batch_size]
-            emb = _embed(model, [texts[i] for i in idx], span)
+            emb = torch_embedding(model, [texts[i] for i in idx], span)
             loss = torch.zeros(())
             for t in tasks:
                 yt = Y[t][idx]
@@ -93,6 +80,7 @@ def predict_finetuned(model, heads, texts: list[str], tasks: Tasks, span: tuple[
     """Class probabilities per task from a fine-tuned backbone + heads (same pooling as in training)."""
     import torch
 
+    from mtl.backbone import torch_embedding
     from mtl.embed import backbone_text
 
     texts = [backbone_text(t) for t in texts]
@@ -101,7 +89,7 @@ def predict_finetuned(model, heads, texts: list[str], tasks: Tasks, span: tuple[
     with torch.inference_mode():
         for start in range(0, len(texts), batch_size):
             idx = order[start : start + batch_size]
-            emb = _embed(model, [texts[i] for i in idx], span)
+            emb = torch_embedding(model, [texts[i] for i in idx], span)
             for t in tasks:
                 out[t][idx] = torch.softmax(heads[t](emb), 1).cpu().numpy()
     return out

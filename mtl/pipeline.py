@@ -27,6 +27,11 @@ class Encoded:
     def rows(self, mask: np.ndarray) -> "Encoded":
         return Encoded(self.frame[mask].reset_index(drop=True), self.x[mask], {t: v[mask] for t, v in self.y.items()})
 
+    def split(self) -> tuple["Encoded", "Encoded"]:
+        """(train rows, held-out `split=test` rows)."""
+        is_train = (self.frame["split"] == "train").to_numpy()
+        return self.rows(is_train), self.rows(~is_train)
+
 
 def load_encoded(
     data: list[str | Path],
@@ -93,8 +98,7 @@ def train_from_csv(
     config.device = resolve_device(config.device)
     data = [Path(p) for p in (data or [paths.DATA_CSV])]
     enc, stats = load_encoded(data, tasks, backbone, backend, config.device, cache_dir, verbose, layers)
-    is_train = (enc.frame["split"] == "train").to_numpy()
-    tr, te = enc.rows(is_train), enc.rows(~is_train)
+    tr, te = enc.split()
     if len(tr.x) == 0:
         raise MTLError(f"{', '.join(map(str, data))}: no rows with split=train")
     for task in tasks:
@@ -215,6 +219,5 @@ def compare_lrs(
 
     config = config or TrainConfig()
     enc, _ = load_encoded([Path(p) for p in (data or [paths.DATA_CSV])], tasks, backend=backend, device="cpu", verbose=False, layers=layers)
-    is_train = (enc.frame["split"] == "train").to_numpy()
-    tr, te = enc.rows(is_train), enc.rows(~is_train)
+    tr, te = enc.split()
     return {lr: train(tr.x, tr.y, tasks, replace(config, lr=lr, device="cpu"), te.x, te.y)[1] for lr in lrs}

@@ -226,9 +226,9 @@ def test_shipped_data_uses_the_project_cache():
 def test_finetune_trains_only_the_top_layers_and_pools_like_the_frozen_path(tmp_path):
     import copy
 
-    from mtl.backbone import TorchEncoder, resolve_backbone
+    from mtl.backbone import TorchEncoder, resolve_backbone, torch_embedding
     from mtl.data import label_ids, load_dataset
-    from mtl.finetune import _embed, finetune, predict_finetuned
+    from mtl.finetune import finetune, predict_finetuned
 
     df = load_dataset(paths.DATA_CSV).head(40)
     y = label_ids(df, DEFAULT_TASKS)
@@ -238,7 +238,7 @@ def test_finetune_trains_only_the_top_layers_and_pools_like_the_frozen_path(tmp_
 
     fresh = TorchEncoder(resolve_backbone(), "torch-fp32", "cpu").model
     with torch.no_grad():
-        same = _embed(fresh, list(df["text"][:5]), (4, 6)).numpy()
+        same = torch_embedding(fresh, list(df["text"][:5]), (4, 6)).numpy()
     assert (same * x[:5]).sum(1).min() >= 0.9999  # fine-tuning starts from exactly the frozen features
 
     model, heads, span, _ = finetune(list(df["text"]), y, DEFAULT_TASKS, unfreeze=1, epochs=1, layers="4-6", init_heads=init, verbose=False)
