@@ -9,7 +9,7 @@ DEVICE ?=
 SEED   ?=
 NB_ARGS := $(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(LR),--lr $(LR)) $(if $(DEVICE),--device $(DEVICE)) $(if $(SEED),--seed $(SEED))
 
-.PHONY: setup run train test test-fast lint lab bench clean
+.PHONY: setup run figures notebook-outputs train test test-fast lint lab bench clean
 
 setup: $(STAMP)
 
@@ -21,17 +21,25 @@ $(STAMP): pyproject.toml
 	$(BIN)/nbstripout --install --attributes .gitattributes 2>/dev/null || true
 	touch $(STAMP)
 
-run: $(STAMP)  ## all notebooks, headless, executed copies in runs/<timestamp>/
+run: $(STAMP)  ## all notebooks, headless: executed copies, figures and comparison.csv in runs/<timestamp>/
 	$(BIN)/mtl notebooks $(NB_ARGS)
+
+figures: $(STAMP)  ## the same run, refreshing the committed figures/ and saved_models/comparison.csv on purpose
+	$(BIN)/mtl notebooks --publish $(NB_ARGS)
+
+notebook-outputs: $(STAMP)  ## store the outputs nbval checks, after a change that moves a reported number on purpose
+	$(BIN)/mtl notebooks --refresh-outputs
 
 train: $(STAMP)
 	$(BIN)/mtl train $(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(LR),--lr $(LR)) $(if $(DEVICE),--device $(DEVICE))
 
-test: $(STAMP)  ## unit + model tests, then the notebooks under nbval
-	$(BIN)/python -m pytest -q
-	$(BIN)/python -m pytest -q --nbval-lax notebooks/ -p no:cacheprovider
+NBVAL := --nbval-lax --nbval-sanitize-with notebooks/nbval_sanitize.cfg -p no:cacheprovider
 
-test-fast: $(STAMP)
+test: $(STAMP)  ## every test, then the notebooks under nbval (cells marked NBVAL_CHECK_OUTPUT must reproduce their stored output)
+	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q $(NBVAL) notebooks/
+
+test-fast: $(STAMP)  ## the tests not marked slow: under a minute
 	$(BIN)/python -m pytest -q -m "not slow"
 
 lint: $(STAMP)

@@ -66,6 +66,11 @@ class EmbeddingCache:
             self._memo = memo
         return self._memo
 
+    def get_many(self, keys: list[bytes]) -> dict[bytes, np.ndarray]:
+        """The cached vectors among `keys`."""
+        stored = self.load()
+        return {k: stored[k] for k in keys if k in stored}
+
     def put(self, keys: list[bytes], emb: np.ndarray) -> None:
         """Store new vectors as one shard."""
         if not keys:

@@ -74,8 +74,8 @@ def _check_shapes(ckpt: Checkpoint, path: Path) -> None:
             raise MTLError(f"{path}: weights for task {task!r} do not match its {len(labels)} labels / {dim}-d embedding")
 
 
-def check_compatible(ckpt: Checkpoint, path: str | Path, backbone_identity: str, dim: int, tasks: Tasks | None = None) -> None:
-    """Refuse a checkpoint made for another backbone, embedding size or label set."""
+def check_compatible(ckpt: Checkpoint, path: str | Path, backbone_identity: str, dim: int) -> None:
+    """Refuse a checkpoint made for another backbone or embedding size (its label lists travel with it)."""
     if ckpt.meta.get("backbone_identity") != backbone_identity:
         raise MTLError(
             f"{path}: checkpoint was trained on backbone {ckpt.meta.get('backbone_identity')!r}, "
@@ -83,6 +83,3 @@ def check_compatible(ckpt: Checkpoint, path: str | Path, backbone_identity: str,
         )
     if ckpt.meta.get("embedding_dim") != dim:
         raise MTLError(f"{path}: checkpoint expects {ckpt.meta.get('embedding_dim')}-d embeddings, the backbone gives {dim}-d")
-    for task, labels in (tasks or {}).items():
-        if task in ckpt.tasks and ckpt.tasks[task] != labels:
-            raise MTLError(f"{path}: checkpoint's {task} labels are {ckpt.tasks[task]}, expected {labels}")

@@ -1,4 +1,4 @@
-"""Command line: `mtl train | predict | evaluate | notebooks | compare`.
+"""Command line: `mtl train | predict | evaluate | compare | notebooks | info`.
 
 Heavy imports happen inside each command, so `--help` and `predict` start fast.
 User mistakes print one line (`mtl <cmd>: error: ...`) and exit 2; `--debug` shows tracebacks.
@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import warnings
 
@@ -21,24 +20,10 @@ class Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
-def _number(cast, ok, what: str):
-    """An argparse type: `cast` the text and check it with `ok`, or say what was expected."""
+def _flag(name: str, cast=int):
+    from mtl.params import flag
 
-    def parse(text: str):
-        try:
-            value = cast(text)
-        except ValueError:
-            value = None
-        if value is None or not ok(value):
-            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
-        return value
-
-    return parse
-
-
-positive_int = _number(int, lambda v: v > 0, "a positive integer")
-positive_float = _number(float, lambda v: v > 0 and math.isfinite(v), "a positive number")
-nonneg_int = _number(int, lambda v: v >= 0, "an integer >= 0")
+    return flag(name, cast)
 
 
 def task_weights(s: str) -> dict[str, float]:
@@ -46,19 +31,26 @@ def task_weights(s: str) -> dict[str, float]:
     for part in s.split(","):
         name, _, val = part.partition("=")
         try:
-            out[name.strip()] = positive_float(val)
+            out[name.strip()] = _flag("lr", float)(val)  # same rule as lr: a positive finite number
         except argparse.ArgumentTypeError:
             raise argparse.ArgumentTypeError(f"expected task=weight[,task=weight], got {s!r}") from None
     return out
 
 
-def _common(p: argparse.ArgumentParser, backend_default: str | None = "auto") -> None:
-    from mtl.backbone import BACKENDS, DEVICES
+def _common(p: argparse.ArgumentParser) -> None:
+    from mtl.encoders import BACKENDS, DEVICES
 
-    p.add_argument("--backend", choices=BACKENDS, default=backend_default, help="embedding backend (default: %(default)s)")
+    p.add_argument("--backend", choices=BACKENDS, default="auto", help="embedding backend (default: %(default)s; see `mtl info`)")
     p.add_argument("--device", choices=DEVICES, default="auto", help="device for torch work (default: auto)")
     p.add_argument("--cache-dir", default=None, help="embedding cache folder (default: .cache/)")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
+
+
+def spec_of(a, layers: str = "last"):
+    """The EmbedSpec that a command's --backend/--device/--cache-dir (and --layers) flags describe."""
+    from mtl.embed import EmbedSpec
+
+    return EmbedSpec(backend=a.backend, device=a.device, layers=layers, cache_dir=a.cache_dir, backbone=getattr(a, "backbone", None) or "all-MiniLM-L6-v2")
 
 
 def build_parser() -> Parser:
@@ -70,14 +62,14 @@ def build_parser() -> Parser:
     t = sub.add_parser("train", allow_abbrev=False, help="train the task heads on cached embeddings")
     t.add_argument("--data", action="append", help="labelled CSV (repeatable; default data/sentences.csv)")
     t.add_argument("--tasks", default=None, help="task=label,label;... (default: topic and sentiment)")
-    t.add_argument("--epochs", type=positive_int, default=EPOCHS)
-    t.add_argument("--lr", type=positive_float, default=LR)
-    t.add_argument("--batch-size", type=positive_int, default=BATCH_SIZE)
-    t.add_argument("--hidden", type=nonneg_int, default=0, help="hidden units per head (0: linear head)")
-    t.add_argument("--dropout", type=float, default=0.1)
+    t.add_argument("--epochs", type=_flag("epochs"), default=EPOCHS)
+    t.add_argument("--lr", type=_flag("lr", float), default=LR)
+    t.add_argument("--batch-size", type=_flag("batch_size"), default=BATCH_SIZE)
+    t.add_argument("--hidden", type=_flag("hidden"), default=0, help="hidden units per head (0: linear head)")
+    t.add_argument("--dropout", type=_flag("dropout", float), default=0.1)
     t.add_argument("--weighting", choices=("static", "uncertainty"), default="static")
     t.add_argument("--task-weights", type=task_weights, default={}, help="static loss weights, e.g. topic=1,sentiment=2")
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--seed", type=_flag("seed"), default=0)
     t.add_argument("--backbone", default="all-MiniLM-L6-v2", help="packaged model, a local folder, or a hub name")
     t.add_argument("--layers", default="last", help="embedding from the last layer (default) or the average of layers A-B, e.g. 4-6")
     t.add_argument("--out", default=None, help="checkpoint path (default saved_models/multi_task_model.safetensors)")
@@ -88,31 +80,34 @@ def build_parser() -> Parser:
     p.add_argument("inputs", nargs="*", help="text file (one per line), CSV with a text column, or - for stdin")
     p.add_argument("--model", default=None)
     p.add_argument("--format", choices=("table", "csv", "jsonl"), default="table")
-    _common(p, backend_default=None)
+    _common(p)
 
     e = sub.add_parser("evaluate", allow_abbrev=False, help="score a checkpoint on a labelled CSV")
     e.add_argument("--data", required=True)
     e.add_argument("--model", default=None)
     e.add_argument("--json", default=None, help="write the metrics here")
-    _common(e, backend_default=None)
+    _common(e)
 
     c = sub.add_parser("compare", allow_abbrev=False, help="baselines vs single- vs multi-task, k-fold CV + held-out test")
     c.add_argument("--data", action="append", help="labelled CSV with a split column (default data/sentences.csv)")
-    c.add_argument("--folds", type=positive_int, default=5)
-    c.add_argument("--epochs", type=positive_int, default=EPOCHS)
-    c.add_argument("--lr", type=positive_float, default=LR)
-    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--model", default=None, help="checkpoint whose settings the heads use (default saved_models/...)")
+    c.add_argument("--folds", type=_flag("folds"), default=5)
     c.add_argument("--out", default=None, help="CSV path (default saved_models/comparison.csv)")
     _common(c)
 
+    i = sub.add_parser("info", allow_abbrev=False, help="CPU flags, GPU, versions, and which backend `auto` picks and why")
+    i.add_argument("--debug", action="store_true")
+
     n = sub.add_parser("notebooks", allow_abbrev=False, help="run the numbered notebooks headless with papermill")
-    n.add_argument("--epochs", type=positive_int, default=None)
-    n.add_argument("--lr", type=positive_float, default=None)
+    n.add_argument("--epochs", type=_flag("epochs"), default=None)
+    n.add_argument("--lr", type=_flag("lr", float), default=None)
     n.add_argument("--device", default=None)
-    n.add_argument("--seed", type=int, default=None)
+    n.add_argument("--seed", type=_flag("seed"), default=None)
     n.add_argument("--only", nargs="*", default=None, help="notebook name prefixes, e.g. 01 03")
     n.add_argument("--out", default=None, help="folder for executed copies (default runs/<timestamp>)")
     n.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"))
+    n.add_argument("--publish", action="store_true", help="write the committed figures/ and saved_models/comparison.csv (make figures)")
+    n.add_argument("--refresh-outputs", action="store_true", help="store the outputs nbval checks (after a deliberate change in results)")
     n.add_argument("--debug", action="store_true")
     return ap
 
@@ -127,7 +122,7 @@ def cmd_train(a) -> int:
         epochs=a.epochs, lr=a.lr, batch_size=a.batch_size, hidden=a.hidden, dropout=a.dropout,
         weighting=a.weighting, task_weights=a.task_weights, seed=a.seed, device=a.device,
     )
-    res = train_from_csv(a.data, parse_tasks(a.tasks), cfg, a.backbone, a.backend, a.out, a.metrics, a.cache_dir, layers=a.layers)
+    res = train_from_csv(a.data, parse_tasks(a.tasks), cfg, spec_of(a, a.layers), a.out, a.metrics)
     print(format_table(res["metrics"]["train"], "train split (seen in training):"))
     if "test" in res["metrics"]:
         print(format_table(res["metrics"]["test"], "test split (held out):"))
@@ -147,7 +142,7 @@ def cmd_predict(a) -> int:
     texts: list[str] = []
     for src in a.inputs or [str(paths.TEST_SENTENCES)]:
         texts += read_inputs(src)
-    rows = predict(texts, a.model, a.backend, a.device, a.cache_dir)
+    rows = predict(texts, a.model, spec_of(a))
     for i, r in enumerate(rows):
         if r.get("error"):
             print(f"warning: input {i + 1}: {r['error']}, no prediction", file=sys.stderr)
@@ -179,7 +174,7 @@ def cmd_evaluate(a) -> int:
     from mtl.evaluate import format_table
     from mtl.pipeline import evaluate_csv
 
-    metrics = evaluate_csv(a.data, a.model, a.backend, a.device, a.cache_dir)
+    metrics = evaluate_csv(a.data, a.model, spec_of(a))["metrics"]
     if not metrics:
         raise MTLError(f"{a.data}: no labels for any task the model knows")
     print(format_table(metrics, f"{a.data}:"))
@@ -197,26 +192,35 @@ def param_value(text: str):
 
 
 def cmd_notebooks(a) -> int:
-    from mtl.notebooks import run_all
+    from mtl.notebooks import refresh_checked_outputs, run_all
 
+    if a.refresh_outputs:
+        for nb in refresh_checked_outputs(a.only):
+            print(f"stored checked outputs in {nb}", file=sys.stderr)
+        return 0
     params = {k: v for k, v in (("epochs", a.epochs), ("lr", a.lr), ("device", a.device), ("seed", a.seed)) if v is not None}
     params.update((name, param_value(value)) for name, value in a.param)
-    run_all(params, only=a.only, out_dir=a.out)
+    run_all(params, only=a.only, out_dir=a.out, publish=a.publish)
     return 0
 
 
 def cmd_compare(a) -> int:
-    from mtl.compare import compare
-    from mtl.train import TrainConfig
+    from mtl.experiments import compare
 
-    if a.folds < 2:
-        raise MTLError("--folds: expected at least 2")
-    table = compare(a.data, config=TrainConfig(epochs=a.epochs, lr=a.lr, seed=a.seed), folds=a.folds, backend=a.backend, out=a.out)
+    table = compare(a.data, a.model, folds=a.folds, spec=spec_of(a), out=a.out)
     print(table.to_string(index=False))
     return 0
 
 
-COMMANDS = {"train": cmd_train, "compare": cmd_compare, "predict": cmd_predict, "evaluate": cmd_evaluate, "notebooks": cmd_notebooks}
+def cmd_info(a) -> int:
+    from mtl.info import report
+
+    print(report())
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "compare": cmd_compare, "predict": cmd_predict, "evaluate": cmd_evaluate, "notebooks": cmd_notebooks,
+            "info": cmd_info}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,20 +12,25 @@ from pathlib import Path
 import numpy as np
 
 from mtl import paths
-from mtl.backbone import (
-    DEFAULT_BACKBONE,
-    layers_tag,
-    load_encoder,
-    num_layers,
-    parse_layers,
-    resolve_backbone,
-    resolve_backend,
-    resolve_device,
-)
+from mtl.backbone import DEFAULT_BACKBONE, layers_tag, num_layers, parse_layers, resolve_backbone
 from mtl.cache import EmbeddingCache, text_key
+from mtl.encoders import device_for, load_encoder, resolve_backend
 
 PROGRESS_FROM = 1000  # show a progress bar only for encodes this long
-CHUNK = 512  # texts per cache shard while encoding, so an interrupted encode keeps its progress
+
+
+@dataclass(frozen=True)
+class EmbedSpec:
+    """How texts become vectors: one small object passed wherever embeddings are made."""
+
+    backend: str = "auto"  # see mtl.encoders: auto, torch, onnx, fp16, bf16, int8
+    device: str = "auto"  # auto, cpu, cuda, mps (ONNX backends always run on the CPU)
+    layers: str = "last"  # `last` or `A-B` (average of frozen layers A..B; see mtl.backbone)
+    cache_dir: Path | str | None = None  # default: paths.CACHE_DIR
+    backbone: str = DEFAULT_BACKBONE
+
+    def cache_root(self) -> Path:
+        return Path(self.cache_dir or paths.CACHE_DIR)
 
 
 @dataclass
@@ -33,11 +38,11 @@ class EncodeStats:
     encoded: int
     cached: int
     mode: str
-    backbone: str
+    backbone_identity: str
     layers: str = "last"
 
     def __str__(self) -> str:
-        return f"{self.encoded} encoded, {self.cached} from cache ({self.backbone}, {self.mode}, layers {self.layers})"
+        return f"{self.encoded} encoded, {self.cached} from cache ({self.backbone_identity}, {self.mode}, layers {self.layers})"
 
 
 _ENCODERS: dict[tuple, object] = {}  # one loaded model per process and mode
@@ -74,49 +79,52 @@ def backbone_text(text: str) -> str:
     return " ".join(text.split()) if spelled else text
 
 
-def encode(
-    texts: list[str],
-    backbone: str = DEFAULT_BACKBONE,
-    backend: str = "auto",
-    device: str = "auto",
-    cache_dir: Path | str | None = None,
-    batch_size: int = 32,
-    verbose: bool = False,
-    layers: str = "last",
-) -> tuple[np.ndarray, EncodeStats]:
+def encode(texts: list[str], spec: EmbedSpec | None = None, verbose: bool = False) -> tuple[np.ndarray, EncodeStats]:
     """Embed `texts` (L2-normalised, float32), reading and filling the on-disk cache.
 
-    `layers`: `last` (the model's own embedding) or `A-B` (average of layers A..B; see mtl.backbone).
+    Only texts the cache lacks are encoded, in chunks; each chunk is written to the cache by a
+    background thread while the next one encodes, so an interrupted encode keeps its progress and
+    cache writes stay off the critical path.
     """
-    spec = resolve_backbone(backbone)
-    span = None if str(layers).strip().lower() == "last" else parse_layers(layers, num_layers(spec))
-    dev = "cpu" if backend in ("onnx", "int8") else resolve_device(device)
-    mode = resolve_backend(backend, dev)
-    cache = EmbeddingCache(Path(cache_dir or paths.CACHE_DIR), spec.identity, mode if span is None else f"{mode}-layers{layers_tag(span)}")
-    stored = cache.load()
+    from concurrent.futures import ThreadPoolExecutor
+
+    spec = spec or EmbedSpec()
+    backbone = resolve_backbone(spec.backbone)
+    span = None if str(spec.layers).strip().lower() == "last" else parse_layers(spec.layers, num_layers(backbone))
+    dev = device_for(spec.backend, spec.device)
+    mode = resolve_backend(spec.backend, dev)
+    cache = EmbeddingCache(spec.cache_root(), backbone.identity, mode if span is None else f"{mode}-layers{layers_tag(span)}")
     texts = [backbone_text(t) for t in texts]
     keys = [text_key(t) for t in texts]
+    stored = cache.get_many(list(dict.fromkeys(keys)))
     todo = list(dict.fromkeys(k for k in keys if k not in stored))
     if todo:
-        enc_key = (spec.identity, mode, dev)
+        enc_key = (backbone.identity, mode, dev)
         if enc_key not in _ENCODERS:
-            _ENCODERS[enc_key] = load_encoder(spec, mode, dev, Path(cache_dir or paths.CACHE_DIR))
+            _ENCODERS[enc_key] = load_encoder(backbone, mode, dev, spec.cache_root())
         encoder = _ENCODERS[enc_key]
-        first = {k: t for k, t in zip(keys, texts)}
+        first = dict(zip(keys, texts))
         bar = None
         if len(todo) >= PROGRESS_FROM:
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=len(todo), desc="encoding", unit="sent", file=sys.stderr)
-        for start in range(0, len(todo), CHUNK):
-            chunk = todo[start : start + CHUNK]
-            cache.put(chunk, encoder.encode([first[k] for k in chunk], batch_size=batch_size, span=span))
-            if bar is not None:
-                bar.update(len(chunk))
+            # a live bar in a terminal only: in a notebook or a log every redraw would become a line of output
+            bar = tqdm(total=len(todo), desc="encoding", unit="sent", file=sys.stderr, disable=None)
+        with ThreadPoolExecutor(max_workers=1) as writer:
+            pending = None
+            for start in range(0, len(todo), encoder.chunk_size):
+                chunk = todo[start : start + encoder.chunk_size]
+                emb = encoder.encode([first[k] for k in chunk], span=span)
+                stored.update(zip(chunk, emb))
+                if pending is not None:
+                    pending.result()  # one write in flight at a time; re-raises a failed write
+                pending = writer.submit(cache.put, chunk, emb)
+                if bar is not None:
+                    bar.update(len(chunk))
+            pending.result()
         if bar is not None:
             bar.close()
-        stored = cache.load()
-    stats = EncodeStats(encoded=len(todo), cached=len(set(keys)) - len(todo), mode=mode, backbone=spec.identity, layers=layers_tag(span))
+    stats = EncodeStats(encoded=len(todo), cached=len(set(keys)) - len(todo), mode=mode, backbone_identity=backbone.identity, layers=layers_tag(span))
     if verbose:
         print(f"embeddings: {stats}", file=sys.stderr)
     out = np.stack([stored[k] for k in keys]) if keys else np.zeros((0, 0), dtype=np.float32)

@@ -39,6 +39,14 @@ def evaluate(probs: dict[str, np.ndarray], y: dict[str, np.ndarray], tasks: Task
     return out
 
 
+def summary(metrics: dict[str, dict]):
+    """One row per task: n, accuracy, macro-F1, macro-recall (a DataFrame, rounded to 3 places)."""
+    import pandas as pd
+
+    cols = ("n", "accuracy", "macro_f1", "macro_recall")
+    return pd.DataFrame({t: {k: m[k] for k in cols} for t, m in metrics.items() if m.get("n")}).T.astype({"n": int}).round(3)
+
+
 def misclassified(frame, probs: dict[str, np.ndarray], tasks: Tasks):
     """Rows whose predicted label differs from the labelled one, with the predicted probability."""
     import pandas as pd

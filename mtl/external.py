@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from mtl import paths
+from mtl.embed import EmbedSpec
 from mtl.tasks import DEFAULT_TASKS
 
 BBC = "bbc_sport_politics.csv"
@@ -41,31 +42,11 @@ def _sentiment_scores(y: np.ndarray, pred: np.ndarray) -> dict:
     return {"accuracy": m["accuracy"], "macro_recall": m["macro_recall"], "macro_f1": m["macro_f1"]}
 
 
-def _sentiment_macro_recall(state, x, y) -> dict:
+def _sentiment_of(state, x, y) -> dict:
+    """Sentiment scores of heads `state` on embeddings `x` with label ids `y`."""
     from mtl.heads import predict_proba
 
     return _sentiment_scores(y, predict_proba(state, {"sentiment": DEFAULT_TASKS["sentiment"]}, x)["sentiment"].argmax(1))
-
-
-def select_by_cv(base_x, base_y, val_x, val_y, candidates: list, folds: int = 5, seed: int = 0):
-    """k-fold CV on TweetEval val (the curated/BBC rows always train): mean macro-recall per candidate config."""
-    import pandas as pd
-    from sklearn.model_selection import StratifiedKFold
-
-    from mtl.heads import state_to_numpy
-    from mtl.train import train
-
-    rows = []
-    for cfg in candidates:
-        scores = []
-        for fit, hold in StratifiedKFold(folds, shuffle=True, random_state=seed).split(val_x, val_y["sentiment"]):
-            x = np.concatenate([base_x, val_x[fit]])
-            y = {t: np.concatenate([base_y[t], val_y[t][fit]]) for t in DEFAULT_TASKS}
-            heads, _, _ = train(x, y, DEFAULT_TASKS, cfg)
-            scores.append(_sentiment_macro_recall(state_to_numpy(heads), val_x[hold], val_y["sentiment"][hold])["macro_recall"])
-        rows.append({"hidden": cfg.hidden, "lr": cfg.lr, "epochs": cfg.epochs, "balance": cfg.balance, "weight_decay": cfg.weight_decay,
-                     "cv_macro_recall_mean": float(np.mean(scores)), "cv_macro_recall_sd": float(np.std(scores, ddof=1))})
-    return pd.DataFrame(rows)
 
 
 def _describe(layers: str, cfg) -> str:
@@ -73,7 +54,7 @@ def _describe(layers: str, cfg) -> str:
     return f"layers={layers}, {head}, balance={cfg.balance}, wd={cfg.weight_decay:g}"
 
 
-def tweeteval_report(folder: Path, model_path: str | Path, candidates: list, folds: int = 5, seed: int = 0, backend: str = "auto"):
+def tweeteval_report(folder: Path, model_path: str | Path, candidates: list, folds: int = 5, seed: int = 0, spec: EmbedSpec | None = None):
     """(a) default model, (b) heads trained on curated + TweetEval val + BBC with CV-chosen settings,
     (c) logistic regression on TweetEval val; all scored once on TweetEval test.
     Returns (table, cv table, the chosen (layers, TrainConfig)).
@@ -83,23 +64,21 @@ def tweeteval_report(folder: Path, model_path: str | Path, candidates: list, fol
     import pandas as pd
     from sklearn.linear_model import LogisticRegression
 
+    from mtl.experiments import cv_select
     from mtl.heads import state_to_numpy
     from mtl.pipeline import load_encoded, load_model
     from mtl.train import train
 
+    spec = spec or EmbedSpec()
+
     @functools.cache  # each (file, layer choice) is loaded and encoded, or read from the cache, once
     def encoded(files: tuple, layers: str):
-        return load_encoded(list(files), backend=backend, device="cpu", verbose=False, layers=layers)[0]
+        return load_encoded(list(files), spec=replace(spec, layers=layers), verbose=False)[0]
 
     def base_and_val(layers: str):
         return encoded((paths.DATA_CSV, folder / BBC), layers).split()[0], encoded((folder / TWEET_VAL,), layers)  # curated test rows stay held out
 
-    rows = []
-    for i, (layers, cfg) in enumerate(candidates):
-        base, val = base_and_val(layers)
-        rows.append({"candidate": i, "layers": layers, **select_by_cv(base.x, base.y, val.x, val.y, [cfg], folds, seed).iloc[0]})
-    cv = pd.DataFrame(rows).set_index("candidate")
-    best_layers, best = candidates[int(cv["cv_macro_recall_mean"].idxmax())]
+    cv, _, (best_layers, best) = cv_select(candidates, base_and_val, "sentiment", "macro_recall", folds, seed)
     base, val = base_and_val(best_layers)
     x = np.concatenate([base.x, val.x])
     y = {t: np.concatenate([base.y[t], val.y[t]]) for t in DEFAULT_TASKS}
@@ -108,9 +87,9 @@ def tweeteval_report(folder: Path, model_path: str | Path, candidates: list, fol
     default = load_model(model_path)
     test_a, test_b, test_c = (encoded((folder / TWEET_TEST,), lay) for lay in (default.meta.get("layers", "last"), best_layers, "last"))
     rows = {
-        "(a) default model (curated data only)": _sentiment_macro_recall(default.state, test_a.x, test_a.y["sentiment"]),
+        "(a) default model (curated data only)": _sentiment_of(default.state, test_a.x, test_a.y["sentiment"]),
         f"(b) multi-task heads, curated + TweetEval val + BBC ({_describe(best_layers, best)})":
-            _sentiment_macro_recall(state_to_numpy(heads), test_b.x, test_b.y["sentiment"]),
+            _sentiment_of(state_to_numpy(heads), test_b.x, test_b.y["sentiment"]),
     }
     val_c = encoded((folder / TWEET_VAL,), "last")
     lr = LogisticRegression(max_iter=3000, random_state=seed).fit(val_c.x, val_c.y["sentiment"])
@@ -121,7 +100,7 @@ def tweeteval_report(folder: Path, model_path: str | Path, candidates: list, fol
 
 
 def finetune_report(folder: Path, unfreeze: int, epochs: int = 2, lr_backbone: float = 3e-5, seed: int = 0,
-                    chosen: tuple | None = None, backend: str = "auto"):
+                    chosen: tuple | None = None, spec: EmbedSpec | None = None):
     """Optional: unfreeze the top `unfreeze` layers, train on curated train + TweetEval val + BBC,
     score TweetEval test once. Returns metrics plus the training and test-encoding time in seconds.
 
@@ -139,7 +118,7 @@ def finetune_report(folder: Path, unfreeze: int, epochs: int = 2, lr_backbone: f
     from mtl.train import train
 
     layers, head_cfg = chosen or ("last", None)
-    enc, _ = load_encoded([paths.DATA_CSV, folder / BBC, folder / TWEET_VAL], backend=backend, device="cpu", verbose=False, layers=layers)
+    enc, _ = load_encoded([paths.DATA_CSV, folder / BBC, folder / TWEET_VAL], spec=replace(spec or EmbedSpec(), layers=layers), verbose=False)
     enc = enc.split()[0]  # curated test rows stay held out
     init = train(enc.x, enc.y, DEFAULT_TASKS, replace(head_cfg, seed=seed))[0] if head_cfg else None
     model, heads, span, train_s = finetune(list(enc.frame["text"]), enc.y, DEFAULT_TASKS, unfreeze=unfreeze, epochs=epochs,

@@ -28,16 +28,16 @@ def finetune(texts: list[str], y: dict[str, np.ndarray], tasks: Tasks, unfreeze:
     import torch
     import torch.nn.functional as F
 
-    from mtl.backbone import TorchEncoder, num_layers, parse_layers, resolve_backbone, torch_embedding
+    from mtl.backbone import num_layers, parse_layers, resolve_backbone, torch_embedding
     from mtl.embed import backbone_text
     from mtl.heads import build_heads
     from mtl.train import class_weights, seed_everything
 
     seed_everything(seed)
     texts = [backbone_text(t) for t in texts]  # read the text as the frozen path does
-    spec = resolve_backbone()
-    span = parse_layers(layers, num_layers(spec))
-    model = TorchEncoder(spec, "torch-fp32", device).model
+    backbone = resolve_backbone()
+    span = parse_layers(layers, num_layers(backbone))
+    model = load_sentence_transformer(backbone.path, device)
     bert = model[0].auto_model
     for p in bert.parameters():
         p.requires_grad = False
@@ -76,19 +76,28 @@ def finetune(texts: list[str], y: dict[str, np.ndarray], tasks: Tasks, unfreeze:
     return model, heads, span, time.perf_counter() - start
 
 
+def load_sentence_transformer(path: str, device: str = "cpu"):
+    """The backbone as a trainable SentenceTransformer (tokenizer + transformer + pooling modules)."""
+    import os
+
+    from sentence_transformers import SentenceTransformer
+
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    return SentenceTransformer(path, device=device)
+
+
 def predict_finetuned(model, heads, texts: list[str], tasks: Tasks, span: tuple[int, int] | None = None, batch_size: int = 64) -> dict[str, np.ndarray]:
     """Class probabilities per task from a fine-tuned backbone + heads (same pooling as in training)."""
     import torch
 
     from mtl.backbone import torch_embedding
     from mtl.embed import backbone_text
+    from mtl.encoders import length_batches
 
     texts = [backbone_text(t) for t in texts]
-    order = np.argsort([len(t) for t in texts], kind="stable")  # similar lengths together: little padding
     out = {t: np.empty((len(texts), len(labels)), dtype=np.float32) for t, labels in tasks.items()}
     with torch.inference_mode():
-        for start in range(0, len(texts), batch_size):
-            idx = order[start : start + batch_size]
+        for idx in length_batches([len(t) for t in texts], max_rows=batch_size):  # similar lengths together: little padding
             emb = torch_embedding(model, [texts[i] for i in idx], span)
             for t in tasks:
                 out[t][idx] = torch.softmax(heads[t](emb), 1).cpu().numpy()

@@ -1,13 +1,17 @@
-"""Running the numbered notebooks headless with papermill (`make run`, `mtl notebooks`)."""
+"""Running the numbered notebooks headless with papermill (`make run`, `mtl notebooks`), and
+refreshing the outputs that nbval checks (`make notebook-outputs`)."""
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from pathlib import Path
 
 from mtl import paths
 from mtl.errors import MTLError
+
+CHECK_MARK = "# NBVAL_CHECK_OUTPUT"  # cells whose printed output is stored and compared by nbval
 
 
 def notebook_list(only: list[str] | None = None) -> list[Path]:
@@ -19,8 +23,13 @@ def notebook_list(only: list[str] | None = None) -> list[Path]:
     return nbs
 
 
-def run_all(params: dict, only: list[str] | None = None, out_dir: str | Path | None = None) -> Path:
-    """Execute notebooks in order; each gets only the parameters its `parameters` cell declares."""
+def run_all(params: dict, only: list[str] | None = None, out_dir: str | Path | None = None, publish: bool = False) -> Path:
+    """Execute notebooks in order; each gets only the parameters its `parameters` cell declares.
+
+    Figures and the comparison table go to `<out>/figures` and `<out>/comparison.csv`, so a run
+    leaves tracked files alone; `publish=True` (`make figures`) writes the committed ones instead.
+    The external benchmark runs in full (`quick=False`).
+    """
     import papermill as pm
 
     out = Path(out_dir) if out_dir else paths.RUNS_DIR / time.strftime("%Y%m%d-%H%M%S")
@@ -29,9 +38,12 @@ def run_all(params: dict, only: list[str] | None = None, out_dir: str | Path | N
     unknown = set(params) - set().union(*declared_by.values())
     if unknown:
         raise MTLError(f"unknown notebook parameter(s): {', '.join(sorted(unknown))}")
+    results = {"figures_dir": paths.FIGURES_DIR, "comparison_path": paths.COMPARISON_CSV} if publish else \
+        {"figures_dir": out / "figures", "comparison_path": out / "comparison.csv"}
+    defaults = {**{k: str(v) for k, v in results.items()}, "quick": False}
     for nb in notebook_list(only):
         declared = declared_by[nb]
-        given = {k: v for k, v in params.items() if k in declared}
+        given = {k: v for k, v in {**defaults, **params}.items() if k in declared}
         print(f"running {nb.name} {given or ''}", file=sys.stderr)
         start = time.perf_counter()
         try:
@@ -39,18 +51,44 @@ def run_all(params: dict, only: list[str] | None = None, out_dir: str | Path | N
         except pm.PapermillExecutionError as exc:
             raise MTLError(f"{nb.name} failed in cell {exc.exec_count}: {exc.ename}: {exc.evalue}; see {out / nb.name}") from None
         print(f"  done in {time.perf_counter() - start:.1f} s", file=sys.stderr)
-    print(f"executed notebooks in {out}; figures in {paths.FIGURES_DIR}", file=sys.stderr)
+    print(f"executed notebooks in {out}; figures in {results['figures_dir']}", file=sys.stderr)
     return out
 
 
-def check_params(**params) -> None:
-    """Validate notebook parameters (papermill passes whatever the user typed)."""
-    from mtl.backbone import DEVICES
+def refresh_checked_outputs(only: list[str] | None = None) -> list[Path]:
+    """Run each notebook with its stored defaults (as nbval does) and store the outputs of its
+    `# NBVAL_CHECK_OUTPUT` cells in the notebook; every other cell stays stripped.
 
-    for name, value in params.items():
-        if name in ("epochs", "batch_size", "seed") and (not isinstance(value, int) or isinstance(value, bool) or (value <= 0 and name != "seed")):
-            raise MTLError(f"parameter {name}: expected a {'non-negative' if name == 'seed' else 'positive'} integer, got {value!r}")
-        if name == "lr" and (isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0):
-            raise MTLError(f"parameter lr: expected a positive number, got {value!r}")
-        if name == "device" and value not in DEVICES:
-            raise MTLError(f"parameter device: expected one of {', '.join(DEVICES)}, got {value!r}")
+    Do this on purpose, after a change that moves a reported number, and commit the diff with it.
+    """
+    import tempfile
+
+    import papermill as pm
+
+    done = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for nb in notebook_list(only):
+            print(f"refreshing checked outputs of {nb.name}", file=sys.stderr)
+            executed = Path(tmp) / nb.name
+            pm.execute_notebook(str(nb), str(executed), cwd=str(nb.parent), progress_bar=False, kernel_name="python3")
+            ran = json.loads(executed.read_text())["cells"]
+            stored = json.loads(nb.read_text())
+            for cell in stored["cells"]:
+                if cell["cell_type"] != "code":
+                    continue
+                twin = next(c for c in ran if c.get("id") == cell.get("id"))
+                keep = CHECK_MARK in "".join(cell["source"])
+                cell["outputs"] = [o for o in twin["outputs"] if o["output_type"] == "stream" and o["name"] == "stdout"] if keep else []
+                cell["execution_count"] = None
+            from mtl.atomic import write_text
+
+            write_text(nb, json.dumps(stored, indent=1, ensure_ascii=False) + "\n")
+            done.append(nb)
+    return done
+
+
+def check_params(**params) -> None:
+    """Validate notebook parameters (papermill passes whatever the user typed); same rules as the CLI."""
+    from mtl.params import check
+
+    check(prefix="parameter ", **params)

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from mtl import paths
-from mtl.backbone import DEFAULT_BACKBONE
+from mtl.embed import EmbedSpec
 from mtl.errors import MTLError
 from mtl.tasks import DEFAULT_TASKS, Tasks
 
@@ -33,16 +33,7 @@ class Encoded:
         return self.rows(is_train), self.rows(~is_train)
 
 
-def load_encoded(
-    data: list[str | Path],
-    tasks: Tasks = DEFAULT_TASKS,
-    backbone: str = DEFAULT_BACKBONE,
-    backend: str = "auto",
-    device: str = "auto",
-    cache_dir: Path | None = None,
-    verbose: bool = True,
-    layers: str = "last",
-):
+def load_encoded(data: list[str | Path], tasks: Tasks = DEFAULT_TASKS, spec: EmbedSpec | None = None, verbose: bool = True):
     """Load, validate and embed one or more CSVs (files may carry different task columns).
 
     Returns (Encoded, EncodeStats); files without a `split` column count as train rows.
@@ -60,9 +51,7 @@ def load_encoded(
             df["split"] = "train"
         frames.append(df)
     frame = pd.concat(frames, ignore_index=True)
-    x, stats = encode(list(frame["text"]), backbone=backbone, backend=backend, device=device, cache_dir=cache_dir, layers=layers)
-    if verbose:
-        print(f"embeddings: {stats}", file=sys.stderr)
+    x, stats = encode(list(frame["text"]), spec, verbose=verbose)
     return Encoded(frame, x, label_ids(frame, tasks)), stats
 
 
@@ -74,30 +63,31 @@ def train_from_csv(
     data: list[str | Path] | None = None,
     tasks: Tasks = DEFAULT_TASKS,
     config=None,
-    backbone: str = DEFAULT_BACKBONE,
-    backend: str = "auto",
+    spec: EmbedSpec | None = None,
     out: str | Path | None = None,
     metrics_out: str | Path | None = None,
-    cache_dir: Path | None = None,
     log_every: int = 10,
     verbose: bool = True,
-    layers: str = "last",
 ) -> dict:
     """Train heads on the train rows, score train and held-out (split=test) rows, save checkpoint + metrics.
 
+    `config` (TrainConfig) says how the heads train, `spec` (EmbedSpec) how texts are embedded.
     Returns a dict with `history`, `metrics` (train/test, per task, and per source) and `meta`.
     """
-    from mtl.backbone import resolve_backbone, resolve_device
+    from dataclasses import replace
+
+    from mtl.backbone import resolve_backbone
     from mtl.checkpoint import save_checkpoint
+    from mtl.encoders import resolve_device
     from mtl.evaluate import evaluate
     from mtl.heads import predict_proba, state_to_numpy
     from mtl.train import TrainConfig, train
 
     config = config or TrainConfig()
-    config.check()
-    config.device = resolve_device(config.device)
+    config = replace(config, device=resolve_device(config.device))  # the caller's config is left as it was
+    spec = spec or EmbedSpec(device=config.device)
     data = [Path(p) for p in (data or [paths.DATA_CSV])]
-    enc, stats = load_encoded(data, tasks, backbone, backend, config.device, cache_dir, verbose, layers)
+    enc, stats = load_encoded(data, tasks, spec, verbose)
     tr, te = enc.split()
     if len(tr.x) == 0:
         raise MTLError(f"{', '.join(map(str, data))}: no rows with split=train")
@@ -125,11 +115,11 @@ def train_from_csv(
                 if sel.any():
                     sub = part.rows(sel)
                     metrics["by_source"][f"{source}:{split}"] = evaluate(predict_proba(state, tasks, sub.x), sub.y, tasks)
-    spec = resolve_backbone(backbone)
+    backbone = resolve_backbone(spec.backbone)
     meta = {
         "tasks": tasks,
-        "backbone": spec.name,
-        "backbone_identity": spec.identity,
+        "backbone": backbone.name,
+        "backbone_identity": backbone.identity,
         "backend": stats.mode,
         "layers": stats.layers,
         "embedding_dim": int(enc.x.shape[1]),
@@ -154,30 +144,37 @@ def load_model(model: str | Path | None = None):
     return load_checkpoint(model or paths.CHECKPOINT)
 
 
-def embed_for(ckpt, model_path, texts: list[str], backend: str | None = None, device: str = "auto", cache_dir=None):
-    """Embed texts with the checkpoint's backbone, after checking they fit together."""
-    from mtl.backbone import resolve_backbone
+def embed_for(ckpt, model_path, texts: list[str], spec: EmbedSpec | None = None):
+    """Embed texts as the checkpoint expects: its backbone and layers, after checking they fit together.
+
+    With `backend="auto"`, a checkpoint trained on int8 vectors gets int8 again; any other gets
+    this machine's default (fp32-exact on every CPU).
+    """
+    from dataclasses import replace
+
+    from mtl.backbone import DEFAULT_BACKBONE, resolve_backbone
     from mtl.checkpoint import check_compatible
     from mtl.embed import encode
 
-    spec = resolve_backbone(ckpt.meta.get("backbone", DEFAULT_BACKBONE))
-    if backend is None:  # same numeric family as training: int8 stays int8, the rest use the fastest fp32-equivalent
-        backend = "int8" if ckpt.meta.get("backend") == "onnx-int8" else "auto"
-    check_compatible(ckpt, model_path, spec.identity, ckpt.meta.get("embedding_dim"))  # before paying for encoding
-    x, stats = encode(texts, backbone=spec.name, backend=backend, device=device, cache_dir=cache_dir, layers=ckpt.meta.get("layers", "last"))
+    spec = spec or EmbedSpec()
+    backbone = resolve_backbone(ckpt.meta.get("backbone", DEFAULT_BACKBONE))
+    backend = "int8" if spec.backend == "auto" and ckpt.meta.get("backend") == "onnx-int8" else spec.backend
+    spec = replace(spec, backbone=backbone.name, backend=backend, layers=ckpt.meta.get("layers", "last"))
+    check_compatible(ckpt, model_path, backbone.identity, ckpt.meta.get("embedding_dim"))  # before paying for encoding
+    x, stats = encode(texts, spec)
     if len(texts):
-        check_compatible(ckpt, model_path, spec.identity, int(x.shape[1]))
+        check_compatible(ckpt, model_path, backbone.identity, int(x.shape[1]))
     return x, stats
 
 
-def predict(texts: list[str], model: str | Path | None = None, backend: str | None = None, device: str = "auto", cache_dir=None) -> list[dict]:
+def predict(texts: list[str], model: str | Path | None = None, spec: EmbedSpec | None = None) -> list[dict]:
     """One row per input text, in order: label and probabilities per task (or an error for empty text)."""
     from mtl.heads import predict_proba
 
     ckpt = load_model(model)
     tasks = ckpt.tasks
     good = [i for i, t in enumerate(texts) if t.strip()]
-    x, _ = embed_for(ckpt, model or paths.CHECKPOINT, [texts[i] for i in good], backend, device, cache_dir)
+    x, _ = embed_for(ckpt, model or paths.CHECKPOINT, [texts[i] for i in good], spec)
     probs = predict_proba(ckpt.state, tasks, x) if good else {}
     rows: list[dict] = []
     pos = {i: j for j, i in enumerate(good)}
@@ -197,27 +194,23 @@ def predict(texts: list[str], model: str | Path | None = None, backend: str | No
     return rows
 
 
-def evaluate_csv(data: str | Path, model: str | Path | None = None, backend: str | None = None, device: str = "auto", cache_dir=None) -> dict:
-    """Score every task whose column is in `data` (rows without a label skipped for that task)."""
+def evaluate_csv(data: str | Path, model: str | Path | None = None, spec: EmbedSpec | None = None, split: str | None = None) -> dict:
+    """Score every task whose column is in `data` (rows without a label skipped for that task).
+
+    `split="test"` scores only that split's rows. Returns {"metrics", "frame", "probs", "tasks"}:
+    the metrics per task, the rows and class probabilities behind them (for confusion matrices
+    and error lists), and the checkpoint's tasks.
+    """
     from mtl.data import label_ids, load_dataset
     from mtl.evaluate import evaluate
     from mtl.heads import predict_proba
 
     ckpt = load_model(model)
     df = load_dataset(data, ckpt.tasks)
-    x, _ = embed_for(ckpt, model or paths.CHECKPOINT, list(df["text"]), backend, device, cache_dir)
-    return evaluate(predict_proba(ckpt.state, ckpt.tasks, x), label_ids(df, ckpt.tasks), ckpt.tasks)
-
-
-def compare_lrs(
-    data: list[str | Path] | None, lrs: list[float], config=None, tasks: Tasks = DEFAULT_TASKS, backend: str = "auto", layers: str = "last"
-) -> dict:
-    """Train (without saving) at several learning rates; return {lr: history}."""
-    from dataclasses import replace
-
-    from mtl.train import TrainConfig, train
-
-    config = config or TrainConfig()
-    enc, _ = load_encoded([Path(p) for p in (data or [paths.DATA_CSV])], tasks, backend=backend, device="cpu", verbose=False, layers=layers)
-    tr, te = enc.split()
-    return {lr: train(tr.x, tr.y, tasks, replace(config, lr=lr, device="cpu"), te.x, te.y)[1] for lr in lrs}
+    if split is not None:
+        if "split" not in df.columns:
+            raise MTLError(f"{data}: no split column, so no {split!r} rows")
+        df = df[df["split"] == split].reset_index(drop=True)
+    x, _ = embed_for(ckpt, model or paths.CHECKPOINT, list(df["text"]), spec)
+    probs = predict_proba(ckpt.state, ckpt.tasks, x)
+    return {"metrics": evaluate(probs, label_ids(df, ckpt.tasks), ckpt.tasks), "frame": df, "probs": probs, "tasks": ckpt.tasks}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 
@@ -12,7 +12,7 @@ from mtl.errors import MTLError
 from mtl.tasks import Tasks
 
 # Measured on the shipped data: linear heads reach their held-out accuracy within ~20 epochs at 1e-2.
-# The original 100 full-batch epochs at 2e-5 leave them at chance (see notebook 03).
+# The original 100 full-batch epochs at 2e-5 end at topic 0.68 / sentiment 0.51 held out (notebook 03).
 EPOCHS = 100
 LR = 1e-2
 BATCH_SIZE = 32
@@ -32,16 +32,19 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"
 
-    def check(self) -> None:
-        for name in ("epochs", "batch_size"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) <= 0:
-                raise MTLError(f"{name}: expected a positive integer, got {getattr(self, name)!r}")
-        if not isinstance(self.lr, (int, float)) or not self.lr > 0 or self.lr != self.lr:
-            raise MTLError(f"lr: expected a positive number, got {self.lr!r}")
-        if self.hidden < 0 or not 0 <= self.dropout < 1:
-            raise MTLError("hidden must be >= 0 and dropout in [0, 1)")
-        if self.weighting not in ("static", "uncertainty"):
-            raise MTLError(f"weighting: expected static or uncertainty, got {self.weighting!r}")
+    def __post_init__(self) -> None:  # validated once, wherever it was built (CLI, notebook, code)
+        from mtl import params
+
+        params.check(**{k: v for k, v in asdict(self).items() if k != "task_weights"})
+        for task, w in self.task_weights.items():
+            if params.problem("lr", w) is not None:  # same rule: a positive finite number
+                raise MTLError(f"task weight {task}: expected a positive number, got {w!r}")
+
+    @classmethod
+    def from_meta(cls, config: dict, **overrides) -> "TrainConfig":
+        """The config a checkpoint recorded (`meta["config"]`), with `overrides`; unknown keys are ignored."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{**{k: v for k, v in config.items() if k in known}, **overrides})
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -87,7 +90,6 @@ def train(
 
     from mtl.heads import build_heads
 
-    config.check()
     seed_everything(config.seed)
     dev = torch.device(config.device)
     heads = build_heads(tasks, x_train.shape[1], config.hidden, config.dropout).to(dev)

@@ -15,6 +15,27 @@ from mtl import paths
 ROOT = paths.ROOT
 
 
+def cuda_available() -> bool:
+    """CUDA usable by torch (checked without importing torch where no NVIDIA driver exists)."""
+    from mtl.encoders import _maybe_accelerator
+
+    if not _maybe_accelerator():
+        return False
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def pytest_collection_modifyitems(config, items):
+    """`gpu` tests run where CUDA is usable (`pytest -m gpu` runs just them) and skip elsewhere."""
+    if cuda_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA (a `gpu` test)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory):
     """Default training run on the shipped data, written to a temp folder."""

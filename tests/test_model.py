@@ -8,11 +8,11 @@ import torch
 
 from mtl import paths
 from mtl.checkpoint import check_compatible, load_checkpoint, save_checkpoint
-from mtl.embed import encode
+from mtl.embed import EmbedSpec, encode
 from mtl.errors import MTLError
 from mtl.heads import build_heads, predict_proba, state_to_numpy
 from mtl.pipeline import predict
-from mtl.tasks import DEFAULT_TASKS
+from mtl.tasks import DEFAULT_TASKS, MIN_HELD_OUT_ACCURACY
 from mtl.train import TrainConfig, train
 
 
@@ -41,8 +41,8 @@ def test_numpy_inference_matches_torch_heads():
 
 def test_default_training_reaches_held_out_thresholds(trained):
     test = trained["metrics"]["test"]
-    assert test["topic"]["accuracy"] >= 0.97
-    assert test["sentiment"]["accuracy"] >= 0.85
+    for task, least in MIN_HELD_OUT_ACCURACY.items():
+        assert test[task]["accuracy"] >= least, (task, test[task]["accuracy"])
     assert trained["meta"]["n_test"] > 80  # scored on the held-out split, not the training rows
 
 
@@ -64,8 +64,6 @@ def test_checkpoint_for_other_backbone_or_labels_is_refused(trained):
         check_compatible(ckpt, "m", "other-model-123", 384)
     with pytest.raises(MTLError, match="768-d"):
         check_compatible(ckpt, "m", ckpt.meta["backbone_identity"], 768)
-    with pytest.raises(MTLError, match="labels are"):
-        check_compatible(ckpt, "m", ckpt.meta["backbone_identity"], 384, {"topic": ["politics", "sports"]})
 
 
 def test_same_seed_same_numbers_different_seed_recorded(tmp_path):
@@ -120,24 +118,16 @@ SENTENCES = [
 ]
 
 
-def test_onnx_backend_is_numerically_equivalent_to_torch_fp32(tmp_path):
-    ref, _ = encode(SENTENCES, backend="torch", device="cpu", cache_dir=tmp_path)
-    fast, stats = encode(SENTENCES, backend="onnx", cache_dir=tmp_path)
-    assert stats.mode == "onnx-fp32" and stats.encoded == len(SENTENCES)  # modes never share cache entries
-    cos = (ref * fast).sum(1)
-    assert cos.min() >= 0.9999, cos
-
-
 def test_layer_average_is_the_same_on_both_backends_and_differs_from_last(tmp_path):
-    ref, stats = encode(SENTENCES, backend="torch", device="cpu", cache_dir=tmp_path, layers="4-6")
-    fast, fstats = encode(SENTENCES, backend="onnx", cache_dir=tmp_path, layers="4-6")
-    last, lstats = encode(SENTENCES, backend="onnx", cache_dir=tmp_path)
+    ref, stats = encode(SENTENCES, EmbedSpec(backend="torch", cache_dir=tmp_path, layers="4-6"))
+    fast, fstats = encode(SENTENCES, EmbedSpec(backend="onnx", cache_dir=tmp_path, layers="4-6"))
+    last, lstats = encode(SENTENCES, EmbedSpec(backend="onnx", cache_dir=tmp_path))
     assert (stats.layers, fstats.layers, lstats.layers) == ("4-6", "4-6", "last")
     assert lstats.encoded == len(SENTENCES)  # layer choices never share cache entries
     assert (ref * fast).sum(1).min() >= 0.9999
     np.testing.assert_allclose(np.linalg.norm(fast, axis=1), 1, atol=1e-5)
     assert (fast * last).sum(1).max() < 0.95
-    same, sstats = encode(SENTENCES, backend="onnx", cache_dir=tmp_path, layers="6")  # layer 6 alone is the standard embedding
+    same, sstats = encode(SENTENCES, EmbedSpec(backend="onnx", cache_dir=tmp_path, layers="6"))  # layer 6 alone is the standard embedding
     assert sstats.layers == "last" and sstats.encoded == 0
 
 
@@ -182,35 +172,32 @@ def test_plain_text_reaches_the_backbone_unchanged():
 
 def test_emoji_now_move_the_embedding(tmp_path):
     """Before spelling them out, "so sad 😢" and "so sad 🎉" both read "so sad [UNK]"."""
-    x, _ = encode(["what a day 😢", "what a day 🎉"], backend="onnx", cache_dir=tmp_path)
+    x, _ = encode(["what a day 😢", "what a day 🎉"], EmbedSpec(cache_dir=tmp_path))
     assert float(x[0] @ x[1]) < 0.95
 
 
-def test_int8_backend_stays_close(tmp_path):
-    ref, _ = encode(SENTENCES, backend="onnx", cache_dir=tmp_path)
-    q, stats = encode(SENTENCES, backend="int8", cache_dir=tmp_path)
-    assert stats.mode == "onnx-int8"
-    assert (ref * q).sum(1).mean() >= 0.97
-
-
 def test_cache_encodes_only_new_texts(tmp_path):
-    _, first = encode(SENTENCES[:3], backend="onnx", cache_dir=tmp_path)
-    x, second = encode(SENTENCES, backend="onnx", cache_dir=tmp_path)
+    spec = EmbedSpec(cache_dir=tmp_path)  # whatever `auto` (or $MTL_BACKEND) is on this machine
+    _, first = encode(SENTENCES[:3], spec)
+    x, second = encode(SENTENCES + SENTENCES[:1], spec)
     assert (first.encoded, first.cached) == (3, 0)
     assert (second.encoded, second.cached) == (2, 3)
-    np.testing.assert_allclose(np.linalg.norm(x, axis=1), 1.0, atol=1e-5)
+    assert x.shape == (len(SENTENCES) + 1, 384)
+    np.testing.assert_array_equal(x[0], x[-1])  # a repeated text is one vector
+    np.testing.assert_allclose(np.linalg.norm(x, axis=1), 1.0, atol=1e-3)
 
 
 def test_corrupt_cache_shard_is_detected_and_re_encoded(tmp_path):
-    x, _ = encode(SENTENCES, backend="onnx", cache_dir=tmp_path)
+    spec = EmbedSpec(cache_dir=tmp_path)
+    x, _ = encode(SENTENCES, spec)
     shard = next((tmp_path / "embeddings").rglob("shard-*.npz"))
     data = bytearray(shard.read_bytes())
     data[len(data) // 2] ^= 0xFF
     shard.write_bytes(bytes(data))
     with pytest.warns(UserWarning, match="corrupt"):
-        y, stats = encode(SENTENCES, backend="onnx", cache_dir=tmp_path)
+        y, stats = encode(SENTENCES, spec)
     assert stats.encoded == len(SENTENCES)
-    np.testing.assert_allclose(x, y, atol=1e-6)
+    assert (x * y).sum(1).min() >= 0.9999
 
 
 def test_shipped_data_uses_the_project_cache():
@@ -226,17 +213,17 @@ def test_shipped_data_uses_the_project_cache():
 def test_finetune_trains_only_the_top_layers_and_pools_like_the_frozen_path(tmp_path):
     import copy
 
-    from mtl.backbone import TorchEncoder, resolve_backbone, torch_embedding
+    from mtl.backbone import resolve_backbone, torch_embedding
     from mtl.data import label_ids, load_dataset
-    from mtl.finetune import finetune, predict_finetuned
+    from mtl.finetune import finetune, load_sentence_transformer, predict_finetuned
 
     df = load_dataset(paths.DATA_CSV).head(40)
     y = label_ids(df, DEFAULT_TASKS)
-    x, _ = encode(list(df["text"]), backend="torch", device="cpu", cache_dir=tmp_path, layers="4-6")
+    x, _ = encode(list(df["text"]), EmbedSpec(backend="torch", cache_dir=tmp_path, layers="4-6"))
     init = train(x, y, DEFAULT_TASKS, TrainConfig(epochs=5, device="cpu"))[0]
     before = copy.deepcopy(init.state_dict())
 
-    fresh = TorchEncoder(resolve_backbone(), "torch-fp32", "cpu").model
+    fresh = load_sentence_transformer(resolve_backbone().path)
     with torch.no_grad():
         same = torch_embedding(fresh, list(df["text"][:5]), (4, 6)).numpy()
     assert (same * x[:5]).sum(1).min() >= 0.9999  # fine-tuning starts from exactly the frozen features

@@ -31,14 +31,31 @@ def _pyproject_reqs() -> dict[str, str]:
 
 @pytest.mark.parametrize("nb", NOTEBOOKS, ids=[n.name for n in NOTEBOOKS])
 def test_notebook_is_stored_clean_with_one_parameters_cell(nb):
+    """Stripped, except the printed output of cells nbval checks (kept through nbstripout's keep_output)."""
     data = json.loads(nb.read_text())
     code = [c for c in data["cells"] if c["cell_type"] == "code"]
-    assert all(not c.get("outputs") and c.get("execution_count") is None for c in code), "strip outputs (nbstripout)"
+    assert all(c.get("execution_count") is None for c in code), "strip execution counts (nbstripout)"
+    for c in code:
+        checked = "# NBVAL_CHECK_OUTPUT" in "".join(c["source"])
+        if checked:
+            assert c["metadata"].get("keep_output") is True, "checked cells need keep_output, or nbstripout drops their output"
+            assert c["outputs"] and all(o["output_type"] == "stream" and o["name"] == "stdout" for o in c["outputs"]), "run `make notebook-outputs`"
+        else:
+            assert not c.get("outputs"), "strip outputs (nbstripout)"
     tagged = [c for c in code if "parameters" in c.get("metadata", {}).get("tags", [])]
     assert len(tagged) == 1 and tagged[0] is code[0]
     assert data["metadata"]["kernelspec"]["name"] == "python3"
     src = "".join(tagged[0]["source"])
     assert all(re.match(r"^\w+ = .+$", line) for line in src.splitlines() if line.strip()), "plain assignments only"
+
+
+def test_notebook_cells_are_thin():
+    """Logic lives in mtl/: no code cell over 10 lines (imports and blank lines not counted)."""
+    for nb in NOTEBOOKS:
+        for c in json.loads(nb.read_text())["cells"]:
+            lines = [ln for ln in "".join(c["source"]).splitlines() if ln.strip() and not ln.startswith(("from ", "import ", "#"))]
+            if c["cell_type"] == "code" and "parameters" not in c["metadata"].get("tags", []):
+                assert len(lines) <= 10, (nb.name, lines[:3])
 
 
 def test_numbered_notebooks_exist_and_training_takes_the_core_parameters():

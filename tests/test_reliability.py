@@ -14,7 +14,7 @@ import numpy as np
 from conftest import ROOT, run_cli
 
 from mtl.checkpoint import load_checkpoint
-from mtl.embed import encode
+from mtl.embed import EmbedSpec, encode
 
 
 def test_sigkill_during_checkpoint_write_keeps_the_previous_checkpoint(trained, tmp_path):
@@ -74,18 +74,21 @@ def test_two_processes_encoding_into_one_cache(tmp_path):
     code = textwrap.dedent(
         f"""
         import sys
-        from mtl.embed import encode
+        from mtl.embed import EmbedSpec, encode
         texts = {texts!r}
         part = texts[int(sys.argv[1])::2] + texts[:150]
-        encode(part, backend="onnx", cache_dir={str(tmp_path)!r})
+        encode(part, EmbedSpec(backend="onnx", cache_dir={str(tmp_path)!r}))
         """
     )
-    encode(texts[:2], backend="onnx", cache_dir=tmp_path / "warm")  # make sure the ONNX export exists first
+    from mtl.backbone import resolve_backbone
+    from mtl.encoders import export_onnx
+
+    export_onnx(resolve_backbone(), tmp_path)  # the children find the export in the shared cache and only encode
     procs = [subprocess.Popen([sys.executable, "-c", code, str(i)], cwd=ROOT, env={**os.environ, "MTL_CACHE_DIR": str(tmp_path)}) for i in (0, 1)]
     assert [p.wait(timeout=300) for p in procs] == [0, 0]
-    x, stats = encode(texts, backend="onnx", cache_dir=tmp_path)
+    x, stats = encode(texts, EmbedSpec(backend="onnx", cache_dir=tmp_path))
     assert stats.encoded == 0 and stats.cached == len(texts)
-    ref, _ = encode(texts[:20], backend="onnx", cache_dir=tmp_path / "fresh")
+    ref, _ = encode(texts[:20], EmbedSpec(backend="onnx", cache_dir=tmp_path / "fresh"))
     np.testing.assert_allclose(x[:20], ref, atol=1e-5)
 
 

@@ -4,18 +4,25 @@ from __future__ import annotations
 
 import numpy as np
 
-from mtl.compare import METHODS, compare
+from mtl.experiments import METHODS, compare
 from mtl.pipeline import train_from_csv
 from mtl.train import TrainConfig
 
 
 def test_comparison_table_has_every_method_and_the_heads_beat_majority(tmp_path):
-    table = compare(config=TrainConfig(epochs=15), folds=2, out=tmp_path / "c.csv")
+    short = train_from_csv(None, config=TrainConfig(epochs=15, device="cpu"), out=tmp_path / "m.safetensors", metrics_out=tmp_path / "m.json",
+                           verbose=False)
+    table = compare(model=tmp_path / "m.safetensors", folds=2, out=tmp_path / "c.csv")
+    assert short["meta"]["config"]["epochs"] == 15  # the heads in the table train with the checkpoint's settings
     assert set(table["method"]) == set(METHODS) and len(table) == 2 * len(METHODS)
     acc = table.set_index(["method", "task"])["test_accuracy"]
     for task in ("topic", "sentiment"):
         assert acc["multi-task heads", task] > acc["majority", task] + 0.3
-    assert (table["cv_accuracy_sd"] >= 0).all()
+    cv = table.set_index(["method", "task"])["cv_accuracy_mean"]
+    assert abs(cv["majority", "sentiment"] - 1 / 3) < 0.05  # three balanced classes: majority is near 1/3
+    assert abs(cv["majority", "topic"] - 1 / 2) < 0.05
+    assert (cv["logistic regression"] > cv["majority"] + 0.3).all()  # the CV folds really train and score
+    assert table["cv_accuracy_sd"].between(0, 0.2).all()
     assert (tmp_path / "c.csv").read_text().startswith("method,task,")
 
 

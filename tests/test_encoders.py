@@ -1,0 +1,122 @@
+"""Encoder tests: every backend this machine can run against plain SentenceTransformer.encode (fp32),
+the batching rule, what `auto` means, and the GPU path (marked `gpu`, skipped without CUDA)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import cuda_available, run_cli
+
+from mtl.embed import EmbedSpec, encode
+from mtl.encoders import FP32_EXACT, MODES, auto_backend, length_batches, resolve_backend
+from mtl.errors import MTLError
+
+SENTENCES = [
+    "The match was postponed because of heavy snow.",
+    "A wonderful afternoon of cricket ended in a thrilling tie.",
+    "The council rejected the plan after a bitter debate.",
+    "Short one.",
+    "The minister will publish the report next week, officials said on Monday in the capital city.",
+    "love it 😍 what a goal!!",
+]
+# min cosine to SentenceTransformer.encode in fp32, per mode (int8 is judged on the mean)
+TOLERANCE = {"torch-fp32": 0.9999, "onnx-fp32": 0.9999, "torch-fp16": 0.999, "torch-bf16": 0.99, "onnx-int8": 0.97}
+
+
+def runnable_backends() -> list[str]:
+    """Every backend this machine can run: fp16 needs CUDA; the rest run on any CPU (bf16 slowly without avx512_bf16)."""
+    return [b for b in MODES if b != "fp16" or cuda_available()]
+
+
+@pytest.fixture(scope="module")
+def reference():
+    """Plain sentence-transformers in fp32 on the CPU: what every backend is held to."""
+    from sentence_transformers import SentenceTransformer
+
+    from mtl.backbone import resolve_backbone
+    from mtl.embed import backbone_text
+
+    model = SentenceTransformer(resolve_backbone().path, device="cpu")
+    return model.encode([backbone_text(t) for t in SENTENCES], normalize_embeddings=True)
+
+
+@pytest.mark.parametrize("backend", runnable_backends())
+def test_every_backend_matches_sentence_transformers(reference, backend, tmp_path):
+    x, stats = encode(SENTENCES, EmbedSpec(backend=backend, cache_dir=tmp_path))
+    assert stats.mode == MODES[backend] and stats.encoded == len(SENTENCES)
+    cos = (x * reference).sum(1)
+    score = cos.mean() if backend == "int8" else cos.min()
+    assert score >= TOLERANCE[stats.mode], cos
+    np.testing.assert_allclose(np.linalg.norm(x, axis=1), 1, atol=1e-3)
+
+
+def test_default_is_fp32_exact_on_every_cpu(monkeypatch):
+    monkeypatch.delenv("MTL_BACKEND", raising=False)
+    assert resolve_backend("auto", "cpu") in FP32_EXACT
+    for flags in ({"avx2"}, {"avx2", "avx512f", "avx512_bf16", "avx512_vnni"}, {"amx_bf16"}, set()):
+        monkeypatch.setattr("mtl.encoders.cpu_flags", lambda f=flags: f)
+        assert resolve_backend("auto", "cpu") == "onnx-fp32"
+    assert resolve_backend("auto", "cuda") == "torch-fp16"
+
+
+def test_mtl_backend_forces_what_auto_means(monkeypatch):
+    monkeypatch.setenv("MTL_BACKEND", "int8")
+    assert resolve_backend("auto", "cpu") == "onnx-int8"
+    assert resolve_backend("torch", "cpu") == "torch-fp32"  # an explicit choice still wins
+    assert "MTL_BACKEND" in auto_backend("cpu")[1]
+    monkeypatch.setenv("MTL_BACKEND", "fast")
+    with pytest.raises(MTLError, match="MTL_BACKEND='fast'"):
+        resolve_backend("auto", "cpu")
+
+
+def test_backends_that_cannot_run_on_the_device_are_refused():
+    with pytest.raises(MTLError, match="needs a GPU"):
+        resolve_backend("fp16", "cpu")
+    with pytest.raises(MTLError, match="runs on the CPU"):
+        resolve_backend("onnx", "cuda")
+
+
+@pytest.mark.parametrize("budget, max_rows", [(64, None), (100, 3), (None, 4), (10, None)])
+def test_length_batches_sort_cover_and_respect_the_budget(budget, max_rows):
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(1, 40, size=97)
+    batches = length_batches(lengths, budget, max_rows)
+    flat = np.concatenate(batches)
+    assert sorted(flat.tolist()) == list(range(97))  # every row exactly once
+    assert (np.diff(lengths[flat]) >= 0).all()  # sorted by length: little padding
+    for b in batches:
+        if max_rows:
+            assert len(b) <= max_rows
+        if budget and len(b) > 1:
+            assert len(b) * lengths[b].max() <= budget
+
+
+def test_the_torch_pipeline_keeps_input_order_across_windows(tmp_path, monkeypatch):
+    """Texts cross several producer windows and batches; each vector must land on its own row."""
+    monkeypatch.setattr("mtl.encoders.WINDOW", 4)
+    texts = [f"{'very ' * (i % 7)}short sentence number {i}" for i in range(23)]
+    x, _ = encode(texts, EmbedSpec(backend="torch", device="cpu", cache_dir=tmp_path))
+    y, _ = encode(texts, EmbedSpec(backend="onnx", cache_dir=tmp_path))
+    assert (x * y).sum(1).min() >= 0.9999
+
+
+def test_info_names_the_cpu_and_the_backend_auto_picks():
+    r = run_cli("info")
+    assert r.returncode == 0, r.stderr
+    assert "backend auto -> " in r.stdout and "CPU:" in r.stdout and "onnxruntime" in r.stdout
+
+
+@pytest.mark.gpu
+def test_gpu_default_pipeline_matches_fp32_and_labels(reference, tmp_path):
+    x, stats = encode(SENTENCES, EmbedSpec(device="cuda", cache_dir=tmp_path))
+    assert stats.mode == "torch-fp16"
+    assert (x * reference).sum(1).min() >= 0.999
+
+
+@pytest.mark.gpu
+def test_gpu_train_and_predict_from_the_cli(tmp_path):
+    out = tmp_path / "m.safetensors"
+    r = run_cli("train", "--device", "cuda", "--epochs", "20", "--out", str(out), "--metrics", str(tmp_path / "m.json"), "--cache-dir", str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    r = run_cli("predict", "-", "--device", "cuda", "--model", str(out), "--cache-dir", str(tmp_path), stdin="The striker scored twice.\n")
+    assert r.returncode == 0 and "topic=sports" in r.stdout, r.stderr
