@@ -37,6 +37,7 @@ def test_predict_stdin_csv_and_table(trained, tmp_path):
     assert r.returncode == 0 and "topic=sports" in r.stdout
 
 
+@pytest.mark.slow
 def test_train_flags_are_used(tmp_path):
     out = tmp_path / "m.safetensors"
     r = run_cli("train", "--epochs", "3", "--lr", "0.005", "--batch-size", "16", "--seed", "4", "--out", str(out), "--metrics", str(tmp_path / "m.json"))
@@ -48,6 +49,7 @@ def test_train_flags_are_used(tmp_path):
     assert "test split (held out)" in r.stdout and "train split" in r.stdout
 
 
+@pytest.mark.slow
 def test_layers_flag_is_stored_and_used_by_predict(tmp_path):
     """A checkpoint trained on layers 4-6 must be fed layers 4-6 at predict time (the metadata says so)."""
     from mtl.embed import EmbedSpec, encode
@@ -88,6 +90,7 @@ def test_original_command_underfits_as_the_readme_says(tmp_path):
 
 
 @pytest.mark.external
+@pytest.mark.slow
 def test_evaluate_on_external_files(trained):
     bbc = external("bbc_sport_politics.csv")
     r = run_cli("evaluate", "--data", str(bbc), "--model", str(trained["path"]))
@@ -164,8 +167,7 @@ CATALOGUE = [
 ]
 
 
-@pytest.mark.parametrize("name, argv, needle", CATALOGUE, ids=[c[0] for c in CATALOGUE])
-def test_bad_input_catalogue(trained, tmp_path, name, argv, needle):
+def _catalogue_args(argv: list[str], trained, tmp_path) -> list[str]:
     import os
 
     f = _files(tmp_path)
@@ -177,12 +179,40 @@ def test_bad_input_catalogue(trained, tmp_path, name, argv, needle):
     if os.geteuid() == 0:  # root ignores permission bits; /sys is a read-only file system
         ro = "/sys/mtl-read-only-test"
     fmt = {**{k: str(v) for k, v in f.items()}, "tmp": str(tmp_path), "model": str(trained["path"]), "truncated": str(truncated), "ro": str(ro)}
-    r = run_cli(*[a.format(**fmt) for a in argv])
-    assert r.returncode == 2, (r.returncode, r.stderr)  # the README promises exit code 2 for every user mistake
-    assert needle in r.stderr, r.stderr
-    assert "Traceback" not in r.stderr
-    errors = [line for line in r.stderr.splitlines() if "error" in line]
-    assert len(errors) == 1, r.stderr
+    return [a.format(**fmt) for a in argv]
+
+
+def _one_error_line(code: int, stderr: str, needle: str) -> None:
+    assert code == 2, (code, stderr)  # the README promises exit code 2 for every user mistake
+    assert needle in stderr, stderr
+    assert "Traceback" not in stderr
+    errors = [line for line in stderr.splitlines() if "error" in line]
+    assert len(errors) == 1, stderr
+
+
+@pytest.mark.parametrize("name, argv, needle", CATALOGUE, ids=[c[0] for c in CATALOGUE])
+def test_bad_input_catalogue(trained, tmp_path, capsys, name, argv, needle):
+    """In-process `main()` (fast): any exception other than the one-line MTLError would fail the test itself."""
+    import warnings
+
+    from mtl.cli import main
+
+    saved = warnings.showwarning  # main() reroutes warnings to one-line prints; keep that out of later tests
+    try:
+        try:
+            code = main(_catalogue_args(argv, trained, tmp_path))
+        except SystemExit as exc:  # argparse's own errors
+            code = exc.code
+    finally:
+        warnings.showwarning = saved
+    _one_error_line(code, capsys.readouterr().err, needle)
+
+
+@pytest.mark.parametrize("name, argv, needle", [c for c in CATALOGUE if c[0] in ("missing file", "text epochs", "pickle checkpoint", "unknown label")])
+def test_bad_input_as_a_real_process(trained, tmp_path, name, argv, needle):
+    """The same promise through a real `python -m mtl` process, for a few cases of each kind."""
+    r = run_cli(*_catalogue_args(argv, trained, tmp_path))
+    _one_error_line(r.returncode, r.stderr, needle)
 
 
 def test_debug_flag_shows_the_traceback(tmp_path):

@@ -40,7 +40,7 @@ def reference():
     return model.encode([backbone_text(t) for t in SENTENCES], normalize_embeddings=True)
 
 
-@pytest.mark.parametrize("backend", runnable_backends())
+@pytest.mark.parametrize("backend", [b if b == "onnx" else pytest.param(b, marks=pytest.mark.slow) for b in runnable_backends()])
 def test_every_backend_matches_sentence_transformers(reference, backend, tmp_path):
     x, stats = encode(SENTENCES, EmbedSpec(backend=backend, cache_dir=tmp_path))
     assert stats.mode == MODES[backend] and stats.encoded == len(SENTENCES)
@@ -91,6 +91,7 @@ def test_length_batches_sort_cover_and_respect_the_budget(budget, max_rows):
             assert len(b) * lengths[b].max() <= budget
 
 
+@pytest.mark.slow
 def test_the_torch_pipeline_keeps_input_order_across_windows(tmp_path, monkeypatch):
     """Texts cross several producer windows and batches; each vector must land on its own row."""
     monkeypatch.setattr("mtl.encoders.WINDOW", 4)

@@ -118,6 +118,7 @@ SENTENCES = [
 ]
 
 
+@pytest.mark.slow
 def test_layer_average_is_the_same_on_both_backends_and_differs_from_last(tmp_path):
     ref, stats = encode(SENTENCES, EmbedSpec(backend="torch", cache_dir=tmp_path, layers="4-6"))
     fast, fstats = encode(SENTENCES, EmbedSpec(backend="onnx", cache_dir=tmp_path, layers="4-6"))
@@ -210,6 +211,7 @@ def test_shipped_data_uses_the_project_cache():
     assert stats.encoded == 0 and stats.cached == len(texts)
 
 
+@pytest.mark.slow
 def test_finetune_trains_only_the_top_layers_and_pools_like_the_frozen_path(tmp_path):
     import copy
 

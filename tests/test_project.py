@@ -97,6 +97,7 @@ def test_dockerfile_is_consistent():
     assert "HF_HUB_OFFLINE=1" in text
 
 
+@pytest.mark.slow
 def test_jupyterlab_serves_the_notebooks(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

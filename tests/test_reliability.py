@@ -11,12 +11,14 @@ import textwrap
 import time
 
 import numpy as np
+import pytest
 from conftest import ROOT, run_cli
 
 from mtl.checkpoint import load_checkpoint
 from mtl.embed import EmbedSpec, encode
 
 
+@pytest.mark.slow
 def test_sigkill_during_checkpoint_write_keeps_the_previous_checkpoint(trained, tmp_path):
     target = tmp_path / "model.safetensors"
     target.write_bytes(trained["path"].read_bytes())
@@ -69,6 +71,7 @@ def test_crafted_pickle_checkpoint_does_not_execute(tmp_path):
     assert not canary.exists()
 
 
+@pytest.mark.slow
 def test_two_processes_encoding_into_one_cache(tmp_path):
     texts = [f"Sentence {i} about the election and the cup final." for i in range(300)]
     code = textwrap.dedent(
@@ -92,6 +95,7 @@ def test_two_processes_encoding_into_one_cache(tmp_path):
     np.testing.assert_allclose(x[:20], ref, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_papermill_parameter_of_the_wrong_type_is_one_line(tmp_path):
     r = run_cli("notebooks", "--only", "03", "-p", "epochs", "ten", "--out", str(tmp_path), timeout=600)
     assert r.returncode != 0

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from mtl.experiments import METHODS, compare
 from mtl.pipeline import train_from_csv
 from mtl.train import TrainConfig
 
 
+@pytest.mark.slow
 def test_comparison_table_has_every_method_and_the_heads_beat_majority(tmp_path):
     short = train_from_csv(None, config=TrainConfig(epochs=15, device="cpu"), out=tmp_path / "m.safetensors", metrics_out=tmp_path / "m.json",
                            verbose=False)
