@@ -79,7 +79,7 @@ def refresh_checked_outputs(only: list[str] | None = None) -> list[Path]:
                 twin = next(c for c in ran if c.get("id") == cell.get("id"))
                 keep = CHECK_MARK in "".join(cell["source"])
                 cell["outputs"] = [o for o in twin["outputs"] if o["output_type"] == "stream" and o["name"] == "stdout"] if keep else []
-                cell["execution_count"] = None
+                cell["execution_count"] = twin["execution_count"] if keep else None  # nbval skips cells without a count
             from mtl.atomic import write_text
 
             write_text(nb, json.dumps(stored, indent=1, ensure_ascii=False) + "\n")
