@@ -14,7 +14,7 @@ step "machine"; nvidia-smi -L 2>&1 | tee -a "$OUT/summary.txt"; $PY -m mtl info 
 step "gpu tests (pytest -m gpu)"
 $PY -m pytest -q -m gpu tests/test_encoders.py -p no:cacheprovider 2>&1 | tail -5 | tee -a "$OUT/summary.txt"
 step "bench: $N tweets on $DEV"
-$PY bench/bench_encode.py --device "$DEV" --n "$N" --json "$OUT/encode-$DEV.json" 2>&1 | tee -a "$OUT/summary.txt"
+$PY bench/bench_encode.py --device "$DEV" --n "$N" --whole-n "${WHOLE_N:-0}" --json "$OUT/encode-$DEV.json" 2>&1 | tee -a "$OUT/summary.txt"
 step "mtl train / predict on $DEV"
 $PY -m mtl train --device "$DEV" --out /tmp/m.safetensors --metrics /tmp/m.json 2>&1 | tail -9 | tee -a "$OUT/summary.txt"
 echo "The striker scored a wonderful goal" | $PY -m mtl predict - --device "$DEV" --model /tmp/m.safetensors 2>&1 | tee -a "$OUT/summary.txt"
