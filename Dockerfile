@@ -23,15 +23,19 @@ WORKDIR /home/mtl/app
 # torch first and pinned from TORCH_INDEX (CPU wheels by default; PyPI's torch is the CUDA build with nvidia-* wheels).
 RUN python -m venv /opt/venv && pip install torch==${TORCH_VERSION} --index-url ${TORCH_INDEX}
 # Everything else at the versions the image was verified with (docker/constraints.txt), so a later build gets the same.
+# pytest but not the other dev extras (ruff, nbstripout): the image has no git and is no place for linting.
 COPY pyproject.toml README.md ./
 COPY docker/constraints.txt docker/
 COPY mtl/ mtl/
-RUN pip install -c docker/constraints.txt -e ".[dev]"
-# Files nothing imports at run time (C++ headers and test binaries, packages' own test suites): ~0.3 GB.
-# There is no compiler in the image, so torch's headers could not be used anyway.
-RUN cd "$(python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')" \
+RUN pip install -c docker/constraints.txt -e . pytest
+# Files nothing imports at run time (C++ headers and test binaries, packages' own test suites), and the symbol
+# tables of the largest libraries, torch and llvmlite (the dynamic linker reads .dynsym, which strip keeps): ~0.4 GB.
+# There is no compiler in the image, so torch's headers could not be used anyway. binutils stays in this stage.
+RUN apt-get update && apt-get install -y --no-install-recommends binutils \
+    && cd "$(python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')" \
     && rm -rf torch/include torch/test torch/bin/test_* torch/bin/*Test torch/bin/protoc* onnx/backend/test/data \
-    && find pandas numpy scipy sklearn matplotlib sympy numba -depth -type d -name tests -exec rm -rf {} +
+    && find pandas numpy scipy sklearn matplotlib sympy numba -depth -type d -name tests -exec rm -rf {} + \
+    && strip --strip-unneeded torch/lib/libtorch_cpu.so torch/lib/libtorch_python.so llvmlite/binding/libllvmlite.so
 
 COPY . .
 # The default model, trained with the fp32-exact ONNX backend and seed 0 whatever CPU builds the image
