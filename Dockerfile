@@ -10,6 +10,7 @@ FROM python:3.11-slim AS build
 ARG TORCH_VERSION=2.13.0
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
 
+# Fixed hash seed and SOURCE_DATE_EPOCH (hash-based .pyc, no build timestamps in them): same model, same files.
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PATH=/opt/venv/bin:$PATH \
