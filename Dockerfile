@@ -2,7 +2,7 @@
 # `mtl train`, `make run` and `make test`, all offline. README "Docker" lists what was verified.
 #   docker build -t multi-task-nlp .
 #   docker run --rm -p 8888:8888 multi-task-nlp
-# CUDA: docker build --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu126 -t multi-task-nlp:cuda .
+# CUDA (not verified here; PyPI's torch is the CUDA 13 build): --build-arg TORCH_INDEX=https://pypi.org/simple
 
 # --- build stage: the environment in /opt/venv and a default model; only those two folders reach the runtime image.
 FROM python:3.11-slim AS build
