@@ -1,8 +1,15 @@
 # Two commands do all the set-up on a fresh machine: `make run` and `make test`.
 PYTHON ?= python3
 VENV   ?= .venv
+ifeq ($(MTL_SYSTEM_ENV),1)
+# Inside the Docker image (which sets MTL_SYSTEM_ENV=1): everything is installed already, so use the
+# interpreter on PATH and create or download nothing.
+BIN    := $(patsubst %/,%,$(dir $(shell command -v python)))
+STAMP  :=
+else
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+endif
 EPOCHS ?=
 LR     ?=
 DEVICE ?=
@@ -13,6 +20,7 @@ NB_ARGS := $(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(LR),--lr $(LR)) $(if $(DEVI
 
 setup: $(STAMP)
 
+ifneq ($(MTL_SYSTEM_ENV),1)
 # torch first and pinned: an unpinned torch pulls a multi-GB CUDA build.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +30,7 @@ $(STAMP): pyproject.toml
 	# keep execution counts: cells marked NBVAL_CHECK_OUTPUT need theirs, or nbval calls them unrun (tests check the rest are empty)
 	git config filter.nbstripout.clean '"$(abspath $(BIN))/python" -m nbstripout --keep-count' 2>/dev/null || true
 	touch $(STAMP)
+endif
 
 run: $(STAMP)  ## all notebooks, headless: executed copies, figures and comparison.csv in runs/<timestamp>/
 	$(BIN)/mtl notebooks $(NB_ARGS)
