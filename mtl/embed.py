@@ -93,9 +93,9 @@ def encode(
     dev = "cpu" if backend in ("onnx", "int8") else resolve_device(device)
     mode = resolve_backend(backend, dev)
     cache = EmbeddingCache(Path(cache_dir or paths.CACHE_DIR), spec.identity, mode if span is None else f"{mode}-layers{layers_tag(span)}")
-    stored = cache.load()
     texts = [backbone_text(t) for t in texts]
     keys = [text_key(t) for t in texts]
+    stored = cache.get_many(keys)  # only the keys asked for: O(batch), not O(cache)
     todo = list(dict.fromkeys(k for k in keys if k not in stored))
     if todo:
         enc_key = (spec.identity, mode, dev)
@@ -110,12 +110,13 @@ def encode(
             bar = tqdm(total=len(todo), desc="encoding", unit="sent", file=sys.stderr)
         for start in range(0, len(todo), CHUNK):
             chunk = todo[start : start + CHUNK]
-            cache.put(chunk, encoder.encode([first[k] for k in chunk], batch_size=batch_size, span=span))
+            emb = encoder.encode([first[k] for k in chunk], batch_size=batch_size, span=span)
+            cache.put(chunk, emb)
+            stored.update(zip(chunk, emb))
             if bar is not None:
                 bar.update(len(chunk))
         if bar is not None:
             bar.close()
-        stored = cache.load()
     stats = EncodeStats(encoded=len(todo), cached=len(set(keys)) - len(todo), mode=mode, backbone=spec.identity, layers=layers_tag(span))
     if verbose:
         print(f"embeddings: {stats}", file=sys.stderr)

@@ -203,10 +203,10 @@ def test_cache_encodes_only_new_texts(tmp_path):
 
 def test_corrupt_cache_shard_is_detected_and_re_encoded(tmp_path):
     x, _ = encode(SENTENCES, backend="onnx", cache_dir=tmp_path)
-    shard = next((tmp_path / "embeddings").rglob("shard-*.npz"))
-    data = bytearray(shard.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    shard.write_bytes(bytes(data))
+    db = next((tmp_path / "embeddings").rglob("cache.sqlite"))
+    data = bytearray(db.read_bytes())
+    data[:16] = b"not a database!!"  # the SQLite header: the whole file is unreadable
+    db.write_bytes(bytes(data))
     with pytest.warns(UserWarning, match="corrupt"):
         y, stats = encode(SENTENCES, backend="onnx", cache_dir=tmp_path)
     assert stats.encoded == len(SENTENCES)
