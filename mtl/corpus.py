@@ -344,7 +344,7 @@ class Job:
         }
 
 
-def _start(job: Job) -> tuple[dict, bool]:
+def open_out(job: Job) -> tuple[dict, bool]:
     """Check OUT against an earlier run; return (manifest, already complete)."""
     want = job.manifest()
     path = job.out / MANIFEST
@@ -369,7 +369,7 @@ def run(job: Job, encode: Callable[[list[str]], np.ndarray], ckpt=None) -> dict:
 
     if job.out.exists() and not job.out.is_dir():
         raise MTLError(f"{job.out}: is a file; --out takes a folder")
-    manifest, complete = _start(job)
+    manifest, complete = open_out(job)
     if complete:
         print(f"{job.out}: already complete ({manifest.get('rows', '?')} rows); nothing to do", file=sys.stderr)
         return manifest
