@@ -118,7 +118,7 @@ def bench_corpus(rows: list[int], which: list[str], chunk: int) -> dict:
     import pyarrow.parquet as pq
 
     out: dict = {}
-    with tempfile.TemporaryDirectory(dir=ROOT / "bench") as t:
+    with tempfile.TemporaryDirectory(prefix="mtl-bench-") as t:
         tmp = Path(t)
         base = baseline_tree(tmp) if "today" in which else None
         for n in rows:
@@ -161,7 +161,7 @@ def fill_cache(cache_dir: Path, n: int, dim: int = 384) -> None:
 
 def bench_cache(entries: list[int], repeats: int) -> dict:
     out: dict = {}
-    with tempfile.TemporaryDirectory(dir=ROOT / "bench") as t:
+    with tempfile.TemporaryDirectory(prefix="mtl-bench-") as t:
         tmp = Path(t)
         for n in entries:
             cache = fresh_cache(tmp / f"cache{n}")
@@ -197,7 +197,7 @@ def bench_ray(rows: int, workers: list[int], chunk: int) -> dict:
     import pyarrow.parquet as pq
 
     out: dict = {}
-    with tempfile.TemporaryDirectory(dir=ROOT / "bench") as t:
+    with tempfile.TemporaryDirectory(prefix="mtl-bench-") as t:
         tmp = Path(t)
         pq_path, _ = write_corpus(tmp, rows)
         for label, extra in [("local", [])] + [(f"ray_{w}", ["--engine", "ray", "--workers", str(w)]) for w in workers]:
@@ -223,7 +223,7 @@ def bench_kill(rows: int, chunk: int) -> dict:
     """SIGKILL a streaming predict halfway, rerun it, and count the rows."""
     import pyarrow.parquet as pq
 
-    with tempfile.TemporaryDirectory(dir=ROOT / "bench") as t:
+    with tempfile.TemporaryDirectory(prefix="mtl-bench-") as t:
         tmp = Path(t)
         pq_path, _ = write_corpus(tmp, rows)
         cache, out = fresh_cache(tmp / "cache"), tmp / "preds"

@@ -17,6 +17,7 @@ import glob
 import json
 import os
 import sys
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -301,7 +302,15 @@ def write_shard(path: Path, table: "pa.Table", fmt: str) -> None:
             else:
                 tmp.write_text(to_jsonl(table), encoding="utf-8")
     except OSError as exc:
-        raise MTLError(f"{path.parent}: cannot write {path.name} ({exc.strerror or exc})") from None
+        raise MTLError(f"{path.parent}: cannot write {path.name} ({_os_reason(exc)})") from None
+
+
+def _os_reason(exc: OSError) -> str:
+    """'No space left on device', also when pyarrow reports it as 'Error writing bytes ... [errno 28] ...'."""
+    import re
+
+    code = exc.errno or next((int(m) for m in re.findall(r"\[errno (\d+)\]", str(exc))), None)
+    return os.strerror(code) if code else str(exc).splitlines()[0][:200]
 
 
 def shard_rows(path: Path, fmt: str) -> int | None:
@@ -376,7 +385,9 @@ def run(job: Job, encode: Callable[[list[str]], np.ndarray], ckpt=None) -> dict:
     for stale in job.out.glob(".part-*"):  # temp files of shards a killed run was writing
         stale.unlink(missing_ok=True)
     ext = "parquet" if job.fmt == "parquet" else "jsonl"
-    bar = tqdm(total=count_rows(job.inputs), unit="rows", desc=job.command, file=sys.stderr, mininterval=1, smoothing=0.1, dynamic_ncols=True)
+    # leave=False: the bar is wiped when the run ends, leaving the summary line (or the one-line error).
+    bar = tqdm(total=count_rows(job.inputs), unit="rows", desc=job.command, file=sys.stderr, mininterval=1, smoothing=0.1, dynamic_ncols=True, leave=False)
+    t0 = time.perf_counter()
     rows = kept = written = 0
     try:
         for i, (texts, sources) in enumerate(iter_chunks(job.inputs, job.chunk_size)):
@@ -406,5 +417,6 @@ def run(job: Job, encode: Callable[[list[str]], np.ndarray], ckpt=None) -> dict:
     manifest.update(complete=True, rows=rows, shards=kept + written)
     write_text(job.out / MANIFEST, json.dumps(manifest, indent=1))
     resumed = f" ({kept} finished shards kept from an earlier run)" if kept else ""
-    print(f"{job.out}: {rows} rows in {kept + written} shards{resumed}", file=sys.stderr)
+    secs = time.perf_counter() - t0
+    print(f"{job.out}: {rows} rows in {kept + written} shards{resumed}; {secs:.0f} s, {rows / max(secs, 1e-9):.0f} rows/s", file=sys.stderr)
     return manifest
