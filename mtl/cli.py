@@ -203,11 +203,13 @@ def cmd_corpus(a) -> int:
         corpus.check_input(path)
     if a.engine == "ray" and "-" in inputs:
         raise MTLError("--engine ray reads files, not stdin (-)")
-    model = None
+    model, ckpt = None, None
     if predict:
         from mtl import paths
+        from mtl.pipeline import load_model
 
         model = str(a.model or paths.CHECKPOINT)
+        ckpt = load_model(model)  # a missing or foreign checkpoint fails here, before any engine starts
     job = corpus.Job(
         command=a.cmd, inputs=inputs, out=Path(a.out) if a.out else None, fmt=fmt, chunk_size=a.chunk_size or corpus.CHUNK_SIZE,
         with_embeddings=bool(getattr(a, "with_embeddings", False)), model=model,
@@ -219,14 +221,12 @@ def cmd_corpus(a) -> int:
         run_ray(job, device=a.device, cache_dir=a.cache_dir, workers=a.workers or 1)
         return 0
     if predict:
-        from mtl.pipeline import embed_for, load_model
+        from mtl.pipeline import embed_for
 
-        ckpt = load_model(model)
         encode = lambda texts: embed_for(ckpt, model, texts, a.backend, a.device, a.cache_dir)[0]  # noqa: E731
     else:
         from mtl.embed import encode as embed_texts
 
-        ckpt = None
         encode = lambda texts: embed_texts(texts, backbone=a.backbone, backend=a.backend, device=a.device, cache_dir=a.cache_dir, layers=a.layers)[0]  # noqa: E731
     if job.out is None:  # embed, small: JSONL on stdout
         for texts, sources in corpus.iter_chunks(inputs, job.chunk_size):
