@@ -116,7 +116,15 @@ def _init(ray, workers: int) -> None:
         return
     # Local: the encoder actors take one logical CPU each; one more lets Ray's read and write tasks run
     # beside them (otherwise 2 actors on a 2-core machine would leave the reader waiting forever).
-    ray.init(num_cpus=max(os.cpu_count() or 1, workers + 1), include_dashboard=False, log_to_driver=False)
+    for attempt in (1, 2):  # on a busy machine the local node's start-up can time out once
+        try:
+            ray.init(num_cpus=max(os.cpu_count() or 1, workers + 1), include_dashboard=False, log_to_driver=False)
+            return
+        except Exception as exc:  # noqa: BLE001 (Ray raises a bare Exception for a start-up timeout)
+            ray.shutdown()
+            if attempt == 2:
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise MTLError(f"--engine ray: could not start a local Ray instance ({first[:200]})") from None
 
 
 def run_ray(job: Job, device: str = "auto", cache_dir: str | None = None, workers: int = 1) -> dict:
