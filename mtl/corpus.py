@@ -374,10 +374,20 @@ def open_out(job: Job) -> tuple[dict, bool]:
 
 def run(job: Job, encode: Callable[[list[str]], np.ndarray], ckpt=None) -> dict:
     """Stream the corpus through `encode` (+ the heads), one shard per chunk, skipping finished shards."""
+    from filelock import FileLock, Timeout
     from tqdm.auto import tqdm
 
     if job.out.exists() and not job.out.is_dir():
         raise MTLError(f"{job.out}: is a file; --out takes a folder")
+    job.out.mkdir(parents=True, exist_ok=True)
+    try:
+        with FileLock(str(job.out / ".lock"), timeout=0):  # one run per folder: the next step deletes temp files
+            return _run(job, encode, ckpt, tqdm)
+    except Timeout:
+        raise MTLError(f"{job.out}: another mtl run is writing here; wait for it or choose another --out") from None
+
+
+def _run(job: Job, encode: Callable[[list[str]], np.ndarray], ckpt, tqdm) -> dict:
     manifest, complete = open_out(job)
     if complete:
         print(f"{job.out}: already complete ({manifest.get('rows', '?')} rows); nothing to do", file=sys.stderr)

@@ -301,7 +301,7 @@ def test_an_interrupted_run_resumes_without_losing_or_repeating_rows(tmp_path, t
 
     monkeypatch.setattr(corpus, "write_shard", ctrl_c_on_third_shard)
     assert main(args) == 130
-    assert sorted(p.name for p in out.iterdir()) == ["_manifest.json", "part-00000000.parquet", "part-00000001.parquet"]
+    assert sorted(p.name for p in out.iterdir() if p.name != ".lock") == ["_manifest.json", "part-00000000.parquet", "part-00000001.parquet"]
     assert not json.loads((out / "_manifest.json").read_text()).get("complete")
     kept = {p.name: p.stat().st_mtime_ns for p in out.glob("part-*")}
     monkeypatch.setattr(corpus, "write_shard", real_write)
@@ -310,6 +310,18 @@ def test_an_interrupted_run_resumes_without_losing_or_repeating_rows(tmp_path, t
     assert [r["text"] for r in read_out(out)] == texts
     assert json.loads((out / "_manifest.json").read_text())["rows"] == 230
     assert main(args[:-4] + ["--chunk-size", "60"] + args[-4:]) == 2  # other settings: refused, not mixed in
+
+
+def test_two_runs_into_one_folder_are_refused(tmp_path, trained):
+    from filelock import FileLock
+
+    src = tmp_path / "in.txt"
+    src.write_text("One sentence.\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    with FileLock(str(out / ".lock")):  # as a running `mtl predict --out out` holds it
+        r = run_cli("predict", str(src), "--out", str(out), "--model", str(trained["path"]))
+    assert r.returncode == 2 and "another mtl run is writing here" in r.stderr
 
 
 # -- corpus scale (slow: 20,000 rows) ---------------------------------------------------------------------
@@ -348,7 +360,7 @@ def test_sigkill_halfway_then_rerun_loses_and_repeats_no_row(killed_and_resumed)
     assert {n: (run["out"] / n).stat().st_mtime_ns for n in run["before"]} == run["before"]
     got = pq.read_table(run["out"], columns=["text"]).column("text").to_pylist()
     assert got == run["texts"]  # every row once, in input order
-    assert sorted(p.name for p in run["out"].iterdir()) == ["_manifest.json"] + [f"part-{i:08d}.parquet" for i in range(10)]
+    assert sorted(p.name for p in run["out"].iterdir() if p.name != ".lock") == ["_manifest.json"] + [f"part-{i:08d}.parquet" for i in range(10)]
 
 
 @pytest.mark.slow
