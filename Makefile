@@ -25,7 +25,7 @@ ifneq ($(MTL_SYSTEM_ENV),1)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q -e ".[dev,scale]"
 	$(BIN)/nbstripout --install --attributes .gitattributes 2>/dev/null || true
 	# keep execution counts: cells marked NBVAL_CHECK_OUTPUT need theirs, or nbval calls them unrun (tests check the rest are empty)
 	git config filter.nbstripout.clean '"$(abspath $(BIN))/python" -m nbstripout --keep-count' 2>/dev/null || true

@@ -1,4 +1,4 @@
-"""Command line: `mtl train | predict | evaluate | compare | notebooks | info`.
+"""Command line: `mtl train | predict | embed | evaluate | compare | notebooks | cache | info`.
 
 Heavy imports happen inside each command, so `--help` and `predict` start fast.
 User mistakes print one line (`mtl <cmd>: error: ...`) and exit 2; `--debug` shows tracebacks.
@@ -79,8 +79,25 @@ def build_parser() -> Parser:
     p = sub.add_parser("predict", allow_abbrev=False, help="label sentences with a trained checkpoint")
     p.add_argument("inputs", nargs="*", help="text file (one per line), CSV with a text column, or - for stdin")
     p.add_argument("--model", default=None)
-    p.add_argument("--format", choices=("table", "csv", "jsonl"), default="table")
+    p.add_argument("--format", choices=("table", "csv", "jsonl", "parquet"), default="table", help="with --out: parquet (default) or jsonl")
     _common(p)
+    _corpus_options(p, predict=True)
+
+    m = sub.add_parser("embed", allow_abbrev=False, help="write the embedding of every text of a corpus")
+    m.add_argument("inputs", nargs="+", help="text file, CSV/JSONL/Parquet with a text column, a glob, or - for stdin")
+    m.add_argument("--format", choices=("parquet", "jsonl"), default=None, help="shard format (default parquet; jsonl without --out)")
+    m.add_argument("--backbone", default="all-MiniLM-L6-v2")
+    m.add_argument("--layers", default="last", help="last (default) or the average of layers A-B, e.g. 4-6")
+    _common(m)
+    _corpus_options(m, predict=False)
+
+    k = sub.add_parser("cache", allow_abbrev=False, help="size of the embedding cache, and pruning it")
+    k.add_argument("action", choices=("info", "prune"))
+    k.add_argument("--max-entries", type=_flag("max_entries"), default=None, help="prune: keep at most N entries per cache folder (least recently used go)")
+    k.add_argument("--max-mb", type=_flag("max_mb", float), default=None, help="prune: keep each cache folder under this many MB")
+    k.add_argument("--older-than", type=_flag("older_than"), default=None, metavar="DAYS", help="prune: drop entries unused for DAYS days")
+    k.add_argument("--cache-dir", default=None, help="embedding cache folder (default: .cache/)")
+    k.add_argument("--debug", action="store_true", help="show tracebacks")
 
     e = sub.add_parser("evaluate", allow_abbrev=False, help="score a checkpoint on a labelled CSV")
     e.add_argument("--data", required=True)
@@ -134,14 +151,129 @@ def cmd_train(a) -> int:
     return 0
 
 
-def cmd_predict(a) -> int:
-    from mtl import paths
+def _corpus_options(p: argparse.ArgumentParser, predict: bool) -> None:
+    """Options of the streaming path (`--out DIR`): chunked, sharded, resumable, optionally on Ray."""
+    p.add_argument("--out", default=None, help="write sharded output to this folder (streaming, resumable)")
+    p.add_argument("--chunk-size", type=_flag("chunk_size"), default=None, help="rows per output shard (default 10000)")
+    p.add_argument("--engine", choices=("local", "ray"), default="local", help="ray: spread the work over a Ray cluster (pip install -e '.[scale]')")
+    p.add_argument("--workers", type=_flag("workers"), default=None, help="--engine ray: encoder actors (default 1)")
+    if predict:
+        p.add_argument("--with-embeddings", action="store_true", help="also write each text's vector")
+
+
+def _small_inputs(sources: list[str]) -> list[str]:
+    """Texts of a small `mtl predict` (no --out): today's reader for .txt/.csv/-, the corpus reader for the rest."""
+    import glob
+
+    from mtl import corpus
     from mtl.data import read_inputs
-    from mtl.pipeline import predict
 
     texts: list[str] = []
-    for src in a.inputs or [str(paths.TEST_SENTENCES)]:
-        texts += read_inputs(src)
+    for src in sources:
+        if src == "-" or (corpus.kind(src) in ("txt", "csv") and not glob.has_magic(src)):
+            texts += read_inputs(src)
+        else:
+            texts += [t for path in corpus.expand([src]) for t in corpus.read_all(path)]
+    return texts
+
+
+def cmd_corpus(a) -> int:
+    """`predict`/`embed` over a corpus: stream in chunks to `--out` (or, for embed without --out, JSONL on stdout)."""
+    from pathlib import Path
+
+    from mtl import corpus
+
+    predict = a.cmd == "predict"
+    fmt = {"table": "parquet", None: "parquet"}.get(a.format, a.format)
+    if fmt == "csv":
+        raise MTLError("--format csv: with --out, choose parquet or jsonl")
+    if a.engine == "ray" and fmt != "parquet":
+        raise MTLError("--engine ray writes Parquet; drop --format jsonl")
+    if a.out is None and (a.engine == "ray" or a.format == "parquet"):
+        raise MTLError(f"{'--engine ray' if a.engine == 'ray' else '--format parquet'} needs --out DIR")
+    if a.workers is not None and a.engine != "ray":
+        raise MTLError("--workers: only with --engine ray")
+    inputs = corpus.expand(a.inputs)
+    for path in inputs:
+        corpus.check_input(path)
+    if a.engine == "ray" and "-" in inputs:
+        raise MTLError("--engine ray reads files, not stdin (-)")
+    model, ckpt = None, None
+    if predict:
+        from mtl import paths
+        from mtl.pipeline import load_model
+
+        model = str(a.model or paths.CHECKPOINT)
+        ckpt = load_model(model)  # a missing or foreign checkpoint fails here, before any engine starts
+    job = corpus.Job(
+        command=a.cmd, inputs=inputs, out=Path(a.out) if a.out else None, fmt=fmt, chunk_size=a.chunk_size or corpus.CHUNK_SIZE,
+        with_embeddings=bool(getattr(a, "with_embeddings", False)), model=model,
+        backbone=None if predict else a.backbone, layers=None if predict else a.layers, backend=a.backend,
+    )
+    if a.engine == "ray":
+        from mtl.scale import run_ray
+
+        run_ray(job, device=a.device, cache_dir=a.cache_dir, workers=a.workers or 1)
+        return 0
+    if predict:
+        from mtl.pipeline import embed_for
+
+        encode = lambda texts: embed_for(ckpt, model, texts, spec_of(a))[0]  # noqa: E731
+    else:
+        from mtl.embed import encode as embed_texts
+
+        encode = lambda texts: embed_texts(texts, spec_of(a, a.layers))[0]  # noqa: E731
+    if job.out is None:  # embed, small: JSONL on stdout
+        for texts, sources in corpus.iter_chunks(inputs, job.chunk_size):
+            sys.stdout.write(corpus.to_jsonl(corpus.label_table(texts, sources, encode)))
+        return 0
+    corpus.run(job, encode, ckpt)
+    return 0
+
+
+def cmd_cache(a) -> int:
+    from pathlib import Path
+
+    from mtl import paths
+    from mtl.cache import EmbeddingCache, folders
+
+    root = Path(a.cache_dir or paths.CACHE_DIR)
+    limits = (a.max_entries, a.max_mb, a.older_than)
+    if a.action == "info" and any(v is not None for v in limits):
+        raise MTLError("--max-entries/--max-mb/--older-than: only with `mtl cache prune`")
+    if a.action == "prune" and all(v is None for v in limits):
+        raise MTLError("prune: give --max-entries N, --max-mb M and/or --older-than DAYS")
+    found = folders(root)
+    if not found:
+        print(f"{root}: no embedding cache")
+        return 0
+    for identity, mode in found:
+        cache = EmbeddingCache(root, identity, mode)
+        if a.action == "prune":
+            before = cache.info()
+            keep = a.max_entries
+            if a.max_mb is not None and before["entries"]:
+                per_entry = max(before["bytes"] / before["entries"], 1)
+                keep = min(keep if keep is not None else before["entries"], int(a.max_mb * 1e6 / per_entry))
+            gone = cache.prune(max_entries=keep, older_than_days=a.older_than)
+            print(f"{identity}/{mode}: removed {gone} of {before['entries']} entries")
+        i = cache.info()
+        print(f"{identity}/{mode}: {i['entries']} entries, {i['bytes'] / 1e6:.1f} MB"
+              + (f", last used {i['oldest_use']} .. {i['newest_use']}" if i["entries"] else "")
+              + (f", {i['set_aside']} corrupt file(s) set aside" if i["set_aside"] else ""))
+    return 0
+
+
+def cmd_predict(a) -> int:
+    from mtl import paths
+    from mtl.pipeline import predict
+
+    if a.out is not None or a.engine != "local":
+        return cmd_corpus(a)
+    for flag, value in (("--with-embeddings", a.with_embeddings), ("--chunk-size", a.chunk_size), ("--workers", a.workers), ("--format parquet", a.format == "parquet")):
+        if value:
+            raise MTLError(f"{flag}: only with --out DIR")
+    texts = _small_inputs(a.inputs or [str(paths.TEST_SENTENCES)])
     rows = predict(texts, a.model, spec_of(a))
     for i, r in enumerate(rows):
         if r.get("error"):
@@ -219,8 +351,10 @@ def cmd_info(a) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "compare": cmd_compare, "predict": cmd_predict, "evaluate": cmd_evaluate, "notebooks": cmd_notebooks,
-            "info": cmd_info}
+COMMANDS = {
+    "train": cmd_train, "compare": cmd_compare, "predict": cmd_predict, "evaluate": cmd_evaluate, "notebooks": cmd_notebooks,
+    "embed": cmd_corpus, "cache": cmd_cache, "info": cmd_info,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

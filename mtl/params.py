@@ -42,6 +42,11 @@ RULES: dict[str, tuple[Callable[[object], bool], str]] = {
     "device": _choices(*DEVICES),
     "backend": _choices(*BACKENDS),
     "balance": ((lambda v: isinstance(v, bool)), "true or false"),
+    "chunk_size": POSITIVE_INT,
+    "workers": POSITIVE_INT,
+    "max_entries": NONNEG_INT,
+    "max_mb": POSITIVE_NUMBER,
+    "older_than": NONNEG_INT,
 }
 
 

@@ -188,13 +188,13 @@ def test_cache_encodes_only_new_texts(tmp_path):
     np.testing.assert_allclose(np.linalg.norm(x, axis=1), 1.0, atol=1e-3)
 
 
-def test_corrupt_cache_shard_is_detected_and_re_encoded(tmp_path):
+def test_corrupt_cache_file_is_detected_and_re_encoded(tmp_path):
     spec = EmbedSpec(cache_dir=tmp_path)
     x, _ = encode(SENTENCES, spec)
-    shard = next((tmp_path / "embeddings").rglob("shard-*.npz"))
-    data = bytearray(shard.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    shard.write_bytes(bytes(data))
+    db = next((tmp_path / "embeddings").rglob("cache.sqlite"))
+    data = bytearray(db.read_bytes())
+    data[:16] = b"not a database!!"  # the SQLite header: the whole file is unreadable
+    db.write_bytes(bytes(data))
     with pytest.warns(UserWarning, match="corrupt"):
         y, stats = encode(SENTENCES, spec)
     assert stats.encoded == len(SENTENCES)
