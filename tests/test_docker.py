@@ -49,7 +49,7 @@ def engine() -> list[str]:
 
 def run(engine, *args: str, stdin: str | None = None, timeout: float = 600) -> str:
     """`docker run --rm --network none IMAGE args...`: offline, fresh container; returns stdout, fails on non-zero exit."""
-    res = subprocess.run([*engine, "run", "--rm", "-i", "--network", "none", *args], input=stdin, capture_output=True, text=True, timeout=timeout)
+    res = subprocess.run([*engine, "run", "--rm", "-i", "--network", "none", *args], input=stdin or "", capture_output=True, text=True, timeout=timeout)
     assert res.returncode == 0, f"exit {res.returncode}\n{res.stdout[-2000:]}\n{res.stderr[-2000:]}"
     return res.stdout
 
