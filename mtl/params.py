@@ -42,6 +42,8 @@ RULES: dict[str, tuple[Callable[[object], bool], str]] = {
     "device": _choices(*DEVICES),
     "backend": _choices(*BACKENDS),
     "balance": ((lambda v: isinstance(v, bool)), "true or false"),
+    "share": _choices("none", "trunk"),
+    "trunk_hidden": POSITIVE_INT,
 }
 
 
