@@ -15,7 +15,11 @@ from mtl import paths
 from mtl.embed import EmbedSpec
 from mtl.tasks import DEFAULT_TASKS, LABEL_DESCRIPTIONS, Tasks
 
-METHODS = ("majority", "zero-shot", "logistic regression", "single-task heads", "multi-task heads", "single-task trunk", "multi-task trunk")
+METHODS = ("majority", "zero-shot", "logistic regression", "single-task heads", "multi-task heads")
+# The shared-trunk pair is opt-in (`compare(methods=ALL_METHODS)`, `external.sharing_report`), so the default
+# comparison table, whose printed output nbval checks in 04, keeps its rows.
+TRUNK_METHODS = ("single-task trunk", "multi-task trunk")
+ALL_METHODS = METHODS + TRUNK_METHODS
 # Which sharing each trained row uses; a single-task row trains the same modules on one task's rows alone.
 SHARING = {"single-task heads": "none", "multi-task heads": "none", "single-task trunk": "trunk", "multi-task trunk": "trunk"}
 
@@ -138,7 +142,7 @@ def _fit_predict(method: str, x_tr, y_tr, x_te, tasks: Tasks, config, protos) ->
 
 
 def compare(data: list[str | Path] | None = None, model: str | Path | None = None, folds: int = 5, spec: EmbedSpec | None = None,
-            out: str | Path | None = None):
+            out: str | Path | None = None, methods: tuple[str, ...] = METHODS):
     """The comparison table (saved as CSV): k-fold CV on the train split (mean, sd) and one score on the held-out split.
 
     The heads train with the checkpoint's own settings (its TrainConfig and layer choice), so the
@@ -162,7 +166,7 @@ def compare(data: list[str | Path] | None = None, model: str | Path | None = Non
     splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=config.seed)
     protos = _zero_shot_prototypes(tasks, spec)
     rows = []
-    for method in METHODS:
+    for method in methods:
         cv = {t: [] for t in tasks}
         for fit_idx, val_idx in splitter.split(tr.x, cell):
             pred = _fit_predict(method, tr.x[fit_idx], {t: v[fit_idx] for t, v in tr.y.items()}, tr.x[val_idx], tasks, config, protos)

@@ -93,3 +93,24 @@ def test_bad_sharing_settings_are_one_line_errors(kw, needle):
 def test_a_task_named_trunk_is_refused_with_a_trunk():
     with pytest.raises(MTLError, match="may not be named 'trunk'"):
         build_heads({"trunk": ["a", "b"]}, 384, trunk_hidden=8)
+
+
+def test_trunk_rows_of_the_comparison_train_a_shared_trunk_or_one_per_task(monkeypatch):
+    """`_fit_predict` builds what each row's name says: one trunk for both tasks, or one per task."""
+    import mtl.train as train_module
+    from mtl import experiments
+
+    built = []
+    real = train_module.train  # _fit_predict imports train at call time, so patching the module is seen
+
+    def spy(x, y, tasks, config, *rest, **kw):
+        built.append((tuple(tasks), config.share))
+        return real(x, y, tasks, config, *rest, **kw)
+
+    monkeypatch.setattr(train_module, "train", spy)
+    x, y = _toy(60)
+    cfg = TrainConfig(epochs=1, trunk_hidden=8)
+    multi = experiments._fit_predict("multi-task trunk", x, y, x, DEFAULT_TASKS, cfg, None)
+    experiments._fit_predict("single-task trunk", x, y, x, DEFAULT_TASKS, cfg, None)
+    assert built == [(("topic", "sentiment"), "trunk"), (("topic",), "trunk"), (("sentiment",), "trunk")]
+    assert multi["sentiment"].shape == (60,)
