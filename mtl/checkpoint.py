@@ -65,6 +65,11 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
 
 def _check_shapes(ckpt: Checkpoint, path: Path) -> None:
     dim = ckpt.meta.get("embedding_dim")
+    trunk = ckpt.state.get("trunk.0.weight")  # shared trunk (share="trunk"): the heads read its output
+    if trunk is not None:
+        if trunk.ndim != 2 or trunk.shape[1] != dim:
+            raise MTLError(f"{path}: shared trunk weights do not match the {dim}-d embedding")
+        dim = trunk.shape[0]
     for task, labels in ckpt.tasks.items():
         keys = sorted((k for k in ckpt.state if k.startswith(f"{task}.") and k.endswith(".weight")), key=lambda k: int(k.split(".")[1]))
         if not keys:

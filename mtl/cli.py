@@ -54,7 +54,7 @@ def spec_of(a, layers: str = "last"):
 
 
 def build_parser() -> Parser:
-    from mtl.train import BATCH_SIZE, EPOCHS, LR
+    from mtl.train import BATCH_SIZE, EPOCHS, LR, TrainConfig
 
     ap = Parser(prog="mtl", allow_abbrev=False, description="Multi-task sentence classification on a frozen sentence-transformer.")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -67,6 +67,16 @@ def build_parser() -> Parser:
     t.add_argument("--batch-size", type=_flag("batch_size"), default=BATCH_SIZE)
     t.add_argument("--hidden", type=_flag("hidden"), default=0, help="hidden units per head (0: linear head)")
     t.add_argument("--dropout", type=_flag("dropout", float), default=0.1)
+    t.add_argument("--weight-decay", type=_flag("weight_decay", float), default=TrainConfig.weight_decay, help="Adam weight decay (default: %(default)s)")
+    t.add_argument("--class-balanced", action="store_true", help="weight each class by inverse frequency in the loss (for macro-recall on skewed data)")
+    t.add_argument("--share", choices=("none", "trunk"), default="none",
+                   help="none: independent heads; trunk: a shared Linear-ReLU-Dropout layer that every head reads (default: none)")
+    t.add_argument("--trunk-hidden", type=_flag("trunk_hidden"), default=TrainConfig.trunk_hidden, help="width of the shared trunk (default: %(default)s)")
+    t.add_argument("--tune", action="store_true",
+                   help="choose layers, head, weight decay and sharing by k-fold CV on the training rows (the grid in "
+                        "mtl.experiments.candidates), then train that choice; --seed, --device and --tune-folds apply, "
+                        "the other training flags are replaced by the choice")
+    t.add_argument("--tune-folds", type=_flag("folds"), default=5, help="folds for --tune (default: %(default)s)")
     t.add_argument("--weighting", choices=("static", "uncertainty"), default="static")
     t.add_argument("--task-weights", type=task_weights, default={}, help="static loss weights, e.g. topic=1,sentiment=2")
     t.add_argument("--seed", type=_flag("seed"), default=0)
@@ -135,11 +145,16 @@ def cmd_train(a) -> int:
     from mtl.tasks import parse_tasks
     from mtl.train import TrainConfig
 
+    tasks = parse_tasks(a.tasks)
     cfg = TrainConfig(
-        epochs=a.epochs, lr=a.lr, batch_size=a.batch_size, hidden=a.hidden, dropout=a.dropout,
+        epochs=a.epochs, lr=a.lr, batch_size=a.batch_size, hidden=a.hidden, dropout=a.dropout, weight_decay=a.weight_decay,
+        balance=a.class_balanced, share=a.share, trunk_hidden=a.trunk_hidden,
         weighting=a.weighting, task_weights=a.task_weights, seed=a.seed, device=a.device,
     )
-    res = train_from_csv(a.data, parse_tasks(a.tasks), cfg, spec_of(a, a.layers), a.out, a.metrics)
+    layers, record = a.layers, None
+    if a.tune:
+        layers, cfg, record = _tune(a, tasks)
+    res = train_from_csv(a.data, tasks, cfg, spec_of(a, layers), a.out, a.metrics, record=record)
     print(format_table(res["metrics"]["train"], "train split (seen in training):"))
     if "test" in res["metrics"]:
         print(format_table(res["metrics"]["test"], "test split (held out):"))
@@ -149,6 +164,25 @@ def cmd_train(a) -> int:
 
     print(f"saved {a.out or paths.CHECKPOINT} and {a.metrics or paths.METRICS_JSON}", file=sys.stderr)
     return 0
+
+
+def _tune(a, tasks) -> tuple:
+    """`--tune`: CV on the given files' train rows; returns (layers, TrainConfig, record for the checkpoint)."""
+    from dataclasses import replace
+
+    from mtl import paths
+    from mtl.experiments import tune
+
+    data = a.data or [str(paths.DATA_CSV)]
+    table, best, (layers, cfg) = tune(data, tasks, spec_of(a), folds=a.tune_folds, seed=a.seed)
+    cfg = replace(cfg, device=a.device)
+    print(f"--tune: {a.tune_folds}-fold CV on the train rows of {len(data)} file(s), mean macro-recall over tasks:", file=sys.stderr)
+    print(table.round(4).to_string(), file=sys.stderr)
+    print(f"--tune: chose candidate {best} (layers={layers}, share={cfg.share}, hidden={cfg.hidden}, lr={cfg.lr:g}, "
+          f"weight_decay={cfg.weight_decay:g}, class-balanced={cfg.balance})", file=sys.stderr)
+    record = {"tune": {"folds": a.tune_folds, "metric": "mean macro_recall over tasks", "chosen": best, "layers": layers,
+                       "config": cfg.as_dict(), "cv_table": table.reset_index().to_dict(orient="records")}}
+    return layers, cfg, record
 
 
 def _corpus_options(p: argparse.ArgumentParser, predict: bool) -> None:

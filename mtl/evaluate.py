@@ -6,10 +6,27 @@ import numpy as np
 
 from mtl.tasks import Tasks
 
+SCALAR_METRICS = ("accuracy", "macro_f1", "macro_recall")
+
+
+def metric(name: str, y_true: np.ndarray, y_pred: np.ndarray, n_labels: int, sample_weight: np.ndarray | None = None) -> float:
+    """One scalar metric of label ids (no -1 rows): the sklearn call `task_metrics` makes, reused by
+    `mtl.stats` so bootstrap resamples are scored exactly like the point estimate."""
+    from sklearn.metrics import accuracy_score, f1_score, recall_score
+
+    ids = list(range(n_labels))
+    if name == "accuracy":
+        return float(accuracy_score(y_true, y_pred, sample_weight=sample_weight))
+    if name == "macro_f1":
+        return float(f1_score(y_true, y_pred, labels=ids, average="macro", zero_division=0, sample_weight=sample_weight))
+    if name == "macro_recall":
+        return float(recall_score(y_true, y_pred, labels=ids, average="macro", zero_division=0, sample_weight=sample_weight))
+    raise ValueError(f"unknown metric {name!r}; expected one of {', '.join(SCALAR_METRICS)}")
+
 
 def task_metrics(y_true: np.ndarray, y_pred: np.ndarray, labels: list[str]) -> dict:
     """Accuracy, macro-F1, macro-recall, per-class precision/recall/F1 and the confusion matrix."""
-    from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support, recall_score
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
     mask = y_true >= 0
     yt, yp = y_true[mask], y_pred[mask]
@@ -19,9 +36,7 @@ def task_metrics(y_true: np.ndarray, y_pred: np.ndarray, labels: list[str]) -> d
     p, r, f, s = precision_recall_fscore_support(yt, yp, labels=ids, zero_division=0)
     return {
         "n": int(len(yt)),
-        "accuracy": float(accuracy_score(yt, yp)),
-        "macro_f1": float(f1_score(yt, yp, labels=ids, average="macro", zero_division=0)),
-        "macro_recall": float(recall_score(yt, yp, labels=ids, average="macro", zero_division=0)),
+        **{name: metric(name, yt, yp, len(labels)) for name in SCALAR_METRICS},
         "per_class": {
             lab: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
             for i, lab in enumerate(labels)

@@ -4,6 +4,7 @@ comparison table (baselines vs single- vs multi-task heads). Every score comes f
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -15,6 +16,12 @@ from mtl.embed import EmbedSpec
 from mtl.tasks import DEFAULT_TASKS, LABEL_DESCRIPTIONS, Tasks
 
 METHODS = ("majority", "zero-shot", "logistic regression", "single-task heads", "multi-task heads")
+# The shared-trunk pair is opt-in (`compare(methods=ALL_METHODS)`, `external.sharing_report`), so the default
+# comparison table, whose printed output nbval checks in 04, keeps its rows.
+TRUNK_METHODS = ("single-task trunk", "multi-task trunk")
+ALL_METHODS = METHODS + TRUNK_METHODS
+# Which sharing each trained row uses; a single-task row trains the same modules on one task's rows alone.
+SHARING = {"single-task heads": "none", "multi-task heads": "none", "single-task trunk": "trunk", "multi-task trunk": "trunk"}
 
 
 def _score(y: np.ndarray, pred: np.ndarray, labels: list[str]) -> dict:
@@ -34,12 +41,34 @@ def lr_sweep(data: list[str | Path] | None, lrs: list[float], config, spec: Embe
     return {lr: train(tr.x, tr.y, tasks, replace(config, lr=lr, device="cpu"), te.x, te.y)[1] for lr in lrs}
 
 
-def cv_select(candidates: list[tuple[str, object]], rows_for: Callable[[str], tuple], task: str, metric: str = "macro_recall",
+def candidates(epochs: int = 30, batch_size: int = 64, seed: int = 0, trunk: bool = True) -> list[tuple[str, object]]:
+    """The (layers, TrainConfig) grid that 05 and `mtl train --tune` choose from by CV.
+
+    Frozen features (`last`, mean of layers 3-6 or 4-6) x linear heads with two weight decays, plus
+    one-hidden-layer heads (512, dropout 0.5); all class-balanced, since the metric is macro-recall.
+    With `trunk`, the same 512 units as one shared trunk (`share="trunk"`) that both tasks train:
+    per task the same capacity as the 512-hidden heads, which are its single-task counterpart.
+    """
+    from mtl.train import TrainConfig
+
+    def head(**kw) -> TrainConfig:
+        return TrainConfig(**{"epochs": epochs, "lr": 1e-2, "batch_size": batch_size, "balance": True, "seed": seed, **kw})
+
+    grid = [(layers, head(weight_decay=wd)) for layers in ("last", "3-6", "4-6") for wd in (1e-4, 1e-3)]
+    grid += [(layers, head(lr=1e-3, hidden=512, dropout=0.5)) for layers in ("last", "4-6")]
+    if trunk:
+        grid += [(layers, head(lr=1e-3, share="trunk", trunk_hidden=512, dropout=0.5)) for layers in ("last", "4-6")]
+    return grid
+
+
+def cv_select(candidates: list[tuple[str, object]], rows_for: Callable[[str], tuple], task: str | None, metric: str = "macro_recall",
               folds: int = 5, seed: int = 0, tasks: Tasks = DEFAULT_TASKS):
     """Pick among (layers, TrainConfig) candidates by stratified k-fold CV on `task`'s `metric`.
 
     `rows_for(layers)` returns (base, pool) `Encoded` rows: the folds split `pool`; `base` rows are
-    always in training. Returns (table of mean/sd per candidate, index of the best, the best candidate).
+    always in training. `task=None` scores the mean of `metric` over the tasks that have labels in a
+    held-out fold (folds stratified by the combination of labels). Returns (table of mean/sd per
+    candidate, with per-task means when `task` is None; index of the best; the best candidate).
     """
     import pandas as pd
     from sklearn.model_selection import StratifiedKFold
@@ -50,15 +79,24 @@ def cv_select(candidates: list[tuple[str, object]], rows_for: Callable[[str], tu
     rows = []
     for i, (layers, cfg) in enumerate(candidates):
         base, pool = rows_for(layers)
-        scores = []
-        for fit, hold in StratifiedKFold(folds, shuffle=True, random_state=seed).split(pool.x, pool.y[task]):
+        scored = [task] if task else list(tasks)
+        strata = pool.y[task] if task else ["/".join(str(pool.y[t][i]) for t in tasks) for i in range(len(pool.x))]
+        scores, per_task = [], {t: [] for t in scored}
+        for fit, hold in StratifiedKFold(folds, shuffle=True, random_state=seed).split(pool.x, strata):
             x = np.concatenate([base.x, pool.x[fit]])
             y = {t: np.concatenate([base.y[t], pool.y[t][fit]]) for t in tasks}
             heads, _, _ = train(x, y, tasks, cfg)
-            pred = predict_proba(state_to_numpy(heads), tasks, pool.x[hold])[task].argmax(1)
-            scores.append(_score(pool.y[task][hold], pred, tasks[task])[metric])
-        rows.append({"candidate": i, "layers": layers, "hidden": cfg.hidden, "lr": cfg.lr, "epochs": cfg.epochs, "balance": cfg.balance,
-                     "weight_decay": cfg.weight_decay, f"cv_{metric}_mean": float(np.mean(scores)), f"cv_{metric}_sd": float(np.std(scores, ddof=1))})
+            probs = predict_proba(state_to_numpy(heads), tasks, pool.x[hold])
+            fold = {t: _score(pool.y[t][hold], probs[t].argmax(1), tasks[t]) for t in scored}
+            fold = {t: m[metric] for t, m in fold.items() if m["n"]}  # a task without labels in this fold is not scored
+            for t, v in fold.items():
+                per_task[t].append(v)
+            scores.append(float(np.mean(list(fold.values()))))
+        rows.append({"candidate": i, "layers": layers, "hidden": cfg.hidden, "share": cfg.share,
+                     "trunk_hidden": cfg.trunk_hidden if cfg.share == "trunk" else 0, "dropout": cfg.dropout, "lr": cfg.lr,
+                     "epochs": cfg.epochs, "balance": cfg.balance, "weight_decay": cfg.weight_decay,
+                     f"cv_{metric}_mean": float(np.mean(scores)), f"cv_{metric}_sd": float(np.std(scores, ddof=1)),
+                     **({f"cv_{t}_{metric}": float(np.mean(v)) for t, v in per_task.items()} if task is None else {})})
     table = pd.DataFrame(rows).set_index("candidate")
     best = int(table[f"cv_{metric}_mean"].idxmax())
     return table, best, candidates[best]
@@ -82,7 +120,9 @@ def _fit_predict(method: str, x_tr, y_tr, x_te, tasks: Tasks, config, protos) ->
     from mtl.heads import predict_proba, state_to_numpy
     from mtl.train import train
 
-    if method == "multi-task heads":
+    if method in SHARING:
+        config = replace(config, share=SHARING[method])
+    if method.startswith("multi-task"):
         heads, _, _ = train(x_tr, y_tr, tasks, config)
         return {t: p.argmax(1) for t, p in predict_proba(state_to_numpy(heads), tasks, x_te).items()}
     preds = {}
@@ -94,7 +134,7 @@ def _fit_predict(method: str, x_tr, y_tr, x_te, tasks: Tasks, config, protos) ->
             preds[task] = (x_te @ protos[task].T).argmax(1)
         elif method == "logistic regression":
             preds[task] = LogisticRegression(max_iter=2000, C=1.0, random_state=config.seed).fit(x_tr[m], y_tr[task][m]).predict(x_te)
-        elif method == "single-task heads":
+        elif method.startswith("single-task"):
             one = {task: labels}
             heads, _, _ = train(x_tr[m], {task: y_tr[task][m]}, one, config)
             preds[task] = predict_proba(state_to_numpy(heads), one, x_te)[task].argmax(1)
@@ -102,11 +142,12 @@ def _fit_predict(method: str, x_tr, y_tr, x_te, tasks: Tasks, config, protos) ->
 
 
 def compare(data: list[str | Path] | None = None, model: str | Path | None = None, folds: int = 5, spec: EmbedSpec | None = None,
-            out: str | Path | None = None):
+            out: str | Path | None = None, methods: tuple[str, ...] = METHODS):
     """The comparison table (saved as CSV): k-fold CV on the train split (mean, sd) and one score on the held-out split.
 
     The heads train with the checkpoint's own settings (its TrainConfig and layer choice), so the
-    "multi-task heads" row is the model that `mtl train` / 03 trained. Returns a DataFrame.
+    "multi-task heads" row is the model that `mtl train` / 03 trained (when it has no trunk); the
+    trunk rows use the same settings with `share="trunk"`. Returns a DataFrame.
     """
     import pandas as pd
     from sklearn.model_selection import StratifiedKFold
@@ -125,7 +166,7 @@ def compare(data: list[str | Path] | None = None, model: str | Path | None = Non
     splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=config.seed)
     protos = _zero_shot_prototypes(tasks, spec)
     rows = []
-    for method in METHODS:
+    for method in methods:
         cv = {t: [] for t in tasks}
         for fit_idx, val_idx in splitter.split(tr.x, cell):
             pred = _fit_predict(method, tr.x[fit_idx], {t: v[fit_idx] for t, v in tr.y.items()}, tr.x[val_idx], tasks, config, protos)
@@ -142,3 +183,23 @@ def compare(data: list[str | Path] | None = None, model: str | Path | None = Non
     table = pd.DataFrame(rows).round(4)
     write_text(out or paths.COMPARISON_CSV, table.to_csv(index=False))
     return table
+
+
+def tune(data: list[str | Path], tasks: Tasks = DEFAULT_TASKS, spec: EmbedSpec | None = None, folds: int = 5, seed: int = 0,
+         grid: list[tuple[str, object]] | None = None, metric: str = "macro_recall"):
+    """`mtl train --tune`: choose (layers, TrainConfig) by k-fold CV on the **train rows of `data`** only
+    (held-out `split=test` rows never enter), scoring the mean `metric` over tasks.
+
+    Returns (CV table, index of the chosen candidate, (layers, TrainConfig)); `grid` defaults to `candidates(seed=seed)`.
+    """
+    from mtl.pipeline import load_encoded
+
+    spec = spec or EmbedSpec()
+    files = [Path(p) for p in data]
+
+    @functools.cache  # each layer choice is loaded and encoded (or read from the cache) once
+    def rows_for(layers: str):
+        train_rows = load_encoded(files, tasks, replace(spec, layers=layers), verbose=False)[0].split()[0]
+        return train_rows.rows(np.zeros(len(train_rows.x), bool)), train_rows  # nothing fixed: the folds split every train row
+
+    return cv_select(grid or candidates(seed=seed), rows_for, None, metric, folds, seed, tasks)

@@ -18,6 +18,18 @@ from mtl.tasks import DEFAULT_TASKS
 BBC = "bbc_sport_politics.csv"
 TWEET_VAL = "tweeteval_sentiment_val.csv"
 TWEET_TEST = "tweeteval_sentiment_test.csv"
+# Cross-domain, report-only: nothing is trained, selected or thresholded on these two (their README says so).
+# Only the report functions below name them; training and selection code never opens them (a test checks).
+FPB = "financial_phrasebank_sentiment.csv"
+AGNEWS = "agnews_sports_world.csv"
+
+# How each external set is reported: (file, task, metric).
+REPORT_SETS = {
+    "TweetEval test": (TWEET_TEST, "sentiment", "macro_recall"),
+    "BBC": (BBC, "topic", "accuracy"),
+    "Financial PhraseBank": (FPB, "sentiment", "macro_recall"),
+    "AG News": (AGNEWS, "topic", "accuracy"),
+}
 
 # Published TweetEval sentiment results (test split, macro-averaged recall), from the data folder's README.
 LEADERBOARD = {"TimeLMs-2021": 0.737, "BERTweet": 0.734, "RoBERTa-Retrained": 0.728, "RoBERTa-Base": 0.713,
@@ -131,3 +143,101 @@ def finetune_report(folder: Path, unfreeze: int, epochs: int = 2, lr_backbone: f
     return pd.Series({"unfreeze": unfreeze, "epochs": epochs, "layers": layers, "heads_start": "frozen (b) heads" if init is not None else "random",
                       **scores,
                       "train_seconds": train_s, "test_encode_seconds": time.perf_counter() - start})
+
+
+def report_sets(folder: str | Path | None = None, names: list[str] | None = None) -> dict[str, tuple[Path, str, str]]:
+    """The external sets present in `folder`: name -> (path, task, metric); a message names any that are missing."""
+    folder = Path(folder or paths.EXTERNAL_DIR)
+    out, missing = {}, []
+    for name in names or list(REPORT_SETS):
+        file, task, metric = REPORT_SETS[name]
+        if (folder / file).is_file():
+            out[name] = (folder / file, task, metric)
+        else:
+            missing.append(file)
+    if missing:
+        print(f"skipping {', '.join(missing)}: not found in {folder} (it lives beside the repo, never inside it)")
+    return out
+
+
+def _labels_and_x(path: Path, task: str, layers: str, spec: EmbedSpec | None):
+    """Label ids of `task` and embeddings (with `layers`) of a labelled external file."""
+    from mtl.data import label_ids, load_dataset
+    from mtl.embed import encode
+
+    frame = load_dataset(path, {task: DEFAULT_TASKS[task]})
+    x, _ = encode(list(frame["text"]), replace(spec or EmbedSpec(), layers=layers), verbose=False)
+    return label_ids(frame, {task: DEFAULT_TASKS[task]})[task], x
+
+
+def checkpoint_report(models: dict[str, str | Path], folder: str | Path | None = None, names: list[str] | None = None,
+                      spec: EmbedSpec | None = None, n_boot: int = 1000, seed: int = 0):
+    """Each checkpoint on each external set: its metric with a 95 % percentile bootstrap CI over the set's items.
+
+    Returns a DataFrame (model, set, task, metric, n, estimate, ci_lo, ci_hi). Report only: no choice is made here.
+    """
+    import pandas as pd
+
+    from mtl.heads import predict_proba
+    from mtl.pipeline import load_model
+    from mtl.stats import bootstrap_ci
+
+    rows = []
+    for model_name, path in models.items():
+        ckpt = load_model(path)
+        for set_name, (file, task, metric) in report_sets(folder, names).items():
+            y, x = _labels_and_x(file, task, ckpt.meta.get("layers", "last"), spec)
+            pred = predict_proba(ckpt.state, ckpt.tasks, x)[task].argmax(1)
+            ci = bootstrap_ci(y, pred, metric, n=n_boot, seed=seed, n_labels=len(DEFAULT_TASKS[task]))
+            rows.append({"model": model_name, "set": set_name, "task": task, "metric": metric, "n": ci.n_items,
+                         "estimate": ci.estimate, "ci_lo": ci.lo, "ci_hi": ci.hi})
+    return pd.DataFrame(rows)
+
+
+def sharing_report(config, seeds: tuple[int, ...] = (0, 1, 2), folder: str | Path | None = None, names: list[str] | None = None,
+                   spec: EmbedSpec | None = None, n_boot: int = 1000, pairs: tuple[tuple[str, str], ...] = (
+                       ("multi-task trunk", "single-task trunk"), ("multi-task heads", "single-task heads"))):
+    """Multi- vs single-task, each trained on the curated **train** split once per seed with `config`
+    (sharing set per method), scored on the curated held-out split and the external sets.
+
+    Returns (scores, diffs). scores: per method and set, the mean and sd over seeds and the seed-0
+    model's 95 % bootstrap CI. diffs: per pair (A, B) and set, the paired bootstrap CI of A - B on the
+    same items with seeds pooled (`mtl.stats.paired_bootstrap`), plus each seed's own difference.
+    """
+    import pandas as pd
+
+    from mtl.evaluate import metric as metric_of
+    from mtl.experiments import _fit_predict
+    from mtl.pipeline import load_encoded
+    from mtl.stats import bootstrap_ci, paired_bootstrap
+
+    spec = replace(spec or EmbedSpec(), layers="last")
+    enc, _ = load_encoded([paths.DATA_CSV], DEFAULT_TASKS, spec, verbose=False)
+    tr, te = enc.split()
+    targets = {f"curated held-out {task}": (te.y[task], te.x, task, "accuracy") for task in DEFAULT_TASKS}
+    for set_name, (file, task, metric) in report_sets(folder, names).items():
+        y, x = _labels_and_x(file, task, spec.layers, spec)
+        targets[set_name] = (y, x, task, metric)
+    x_all = np.concatenate([t[1] for t in targets.values()])  # one prediction pass per trained model
+    cuts = np.cumsum([0] + [len(t[1]) for t in targets.values()])
+    methods = sorted({m for pair in pairs for m in pair})
+    preds: dict[str, dict[str, list]] = {m: {name: [] for name in targets} for m in methods}
+    for seed in seeds:
+        for method in methods:
+            out = _fit_predict(method, tr.x, tr.y, x_all, DEFAULT_TASKS, replace(config, seed=seed), None)
+            for i, (name, (_, _, task, _)) in enumerate(targets.items()):
+                preds[method][name].append(out[task][cuts[i]:cuts[i + 1]])
+    scores, diffs = [], []
+    for name, (y, _, task, metric) in targets.items():
+        k = len(DEFAULT_TASKS[task])
+        for method in methods:
+            per_seed = [metric_of(metric, y[y >= 0], p[y >= 0], k) for p in preds[method][name]]
+            ci = bootstrap_ci(y, preds[method][name][0], metric, n=n_boot, n_labels=k)
+            scores.append({"method": method, "set": name, "metric": metric, "n": ci.n_items, "mean_over_seeds": float(np.mean(per_seed)),
+                           "sd_over_seeds": float(np.std(per_seed, ddof=1)) if len(per_seed) > 1 else 0.0,
+                           "seed0": ci.estimate, "seed0_ci_lo": ci.lo, "seed0_ci_hi": ci.hi})
+        for a, b in pairs:
+            d = paired_bootstrap(y, preds[a][name], preds[b][name], metric, n=n_boot, n_labels=k)
+            diffs.append({"A": a, "B": b, "set": name, "metric": metric, "n": d.n_items, "seeds": len(seeds), "A_minus_B": d.estimate,
+                          "ci_lo": d.lo, "ci_hi": d.hi, "per_seed": [round(v, 4) for v in d.per_seed]})
+    return pd.DataFrame(scores), pd.DataFrame(diffs)

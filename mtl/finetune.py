@@ -30,7 +30,7 @@ def finetune(texts: list[str], y: dict[str, np.ndarray], tasks: Tasks, unfreeze:
 
     from mtl.backbone import num_layers, parse_layers, resolve_backbone, torch_embedding
     from mtl.embed import backbone_text
-    from mtl.heads import build_heads
+    from mtl.heads import build_heads, forward
     from mtl.train import class_weights, seed_everything
 
     seed_everything(seed)
@@ -61,10 +61,11 @@ def finetune(texts: list[str], y: dict[str, np.ndarray], tasks: Tasks, unfreeze:
             idx = perm[b : b + batch_size]
             emb = torch_embedding(model, [texts[i] for i in idx], span)
             loss = torch.zeros(())
+            out = forward(heads, emb, tasks)  # through the shared trunk when the heads have one
             for t in tasks:
                 yt = Y[t][idx]
                 if (yt >= 0).any():
-                    loss = loss + F.cross_entropy(heads[t](emb), yt, weight=weights[t], ignore_index=-1)
+                    loss = loss + F.cross_entropy(out[t], yt, weight=weights[t], ignore_index=-1)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -93,12 +94,14 @@ def predict_finetuned(model, heads, texts: list[str], tasks: Tasks, span: tuple[
     from mtl.backbone import torch_embedding
     from mtl.embed import backbone_text
     from mtl.encoders import length_batches
+    from mtl.heads import forward
 
     texts = [backbone_text(t) for t in texts]
     out = {t: np.empty((len(texts), len(labels)), dtype=np.float32) for t, labels in tasks.items()}
     with torch.inference_mode():
         for idx in length_batches([len(t) for t in texts], max_rows=batch_size):  # similar lengths together: little padding
             emb = torch_embedding(model, [texts[i] for i in idx], span)
+            logits = forward(heads, emb, tasks)
             for t in tasks:
-                out[t][idx] = torch.softmax(heads[t](emb), 1).cpu().numpy()
+                out[t][idx] = torch.softmax(logits[t], 1).cpu().numpy()
     return out

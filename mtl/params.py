@@ -47,6 +47,8 @@ RULES: dict[str, tuple[Callable[[object], bool], str]] = {
     "max_entries": NONNEG_INT,
     "max_mb": POSITIVE_NUMBER,
     "older_than": NONNEG_INT,
+    "share": _choices("none", "trunk"),
+    "trunk_hidden": POSITIVE_INT,
 }
 
 

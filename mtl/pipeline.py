@@ -68,10 +68,13 @@ def train_from_csv(
     metrics_out: str | Path | None = None,
     log_every: int = 10,
     verbose: bool = True,
+    record: dict | None = None,
 ) -> dict:
     """Train heads on the train rows, score train and held-out (split=test) rows, save checkpoint + metrics.
 
     `config` (TrainConfig) says how the heads train, `spec` (EmbedSpec) how texts are embedded.
+    `record` (e.g. `{"tune": ...}`: the choice and CV table of `--tune`) is stored in the checkpoint
+    metadata and metrics.json as is.
     Returns a dict with `history`, `metrics` (train/test, per task, and per source) and `meta`.
     """
     from dataclasses import replace
@@ -129,6 +132,7 @@ def train_from_csv(
         "n_test": int(len(te.x)),
         "metrics": metrics,
         "learned_log_vars": log_vars,
+        **(record or {}),
     }
     save_checkpoint(out or paths.CHECKPOINT, state, meta)
     from mtl.atomic import write_text

@@ -29,6 +29,8 @@ class TrainConfig:
     weighting: str = "static"  # or "uncertainty" (Kendall et al. 2018)
     task_weights: dict[str, float] = field(default_factory=dict)  # static weights; default 1
     balance: bool = False  # weight classes by inverse frequency (helps macro-recall on skewed data)
+    share: str = "none"  # "trunk": a shared Linear-ReLU-Dropout (384 -> trunk_hidden) that every head reads
+    trunk_hidden: int = 256  # width of the shared trunk (used only with share="trunk")
     seed: int = 0
     device: str = "cpu"
 
@@ -48,6 +50,11 @@ class TrainConfig:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+def trunk_width(config: TrainConfig) -> int:
+    """Width of the shared trunk the config asks for (0: no trunk, independent heads)."""
+    return config.trunk_hidden if config.share == "trunk" else 0
 
 
 def class_weights(y, n_labels: int):
@@ -105,9 +112,9 @@ def _train(x_train, y_train, tasks, config, x_test, y_test, on_epoch, dev):
     import torch
     import torch.nn.functional as F
 
-    from mtl.heads import build_heads
+    from mtl.heads import build_heads, forward
 
-    heads = build_heads(tasks, x_train.shape[1], config.hidden, config.dropout).to(dev)
+    heads = build_heads(tasks, x_train.shape[1], config.hidden, config.dropout, trunk_width(config)).to(dev)
     log_vars = torch.nn.Parameter(torch.zeros(len(tasks), device=dev)) if config.weighting == "uncertainty" else None
     params = list(heads.parameters()) + ([log_vars] if log_vars is not None else [])
     opt = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
@@ -145,7 +152,7 @@ def _train(x_train, y_train, tasks, config, x_test, y_test, on_epoch, dev):
         joint_sum = 0.0
         for start in range(0, n, config.batch_size):
             idx = perm[start : start + config.batch_size]
-            out = {t: heads[t](X[idx]) for t in tasks}
+            out = forward(heads, X[idx], tasks)
             ys = {t: Y[t][idx] for t in tasks}
             losses = task_losses(out, ys)
             loss = joint(losses)
@@ -160,13 +167,13 @@ def _train(x_train, y_train, tasks, config, x_test, y_test, on_epoch, dev):
             for split, xs, ys in (("train", X, Y), ("test", Xt, Yt)):
                 if xs is None or ys is None:
                     continue
-                out = {t: heads[t](xs) for t in tasks}
+                out = forward(heads, xs, tasks)
                 for t in tasks:
                     mask = ys[t] >= 0
                     row[f"{split}_loss_{t}"] = float(F.cross_entropy(out[t][mask], ys[t][mask])) if mask.any() else float("nan")
                     row[f"{split}_acc_{t}"] = _accuracy(out[t], ys[t])
             if Xt is not None and Yt is not None:
-                row["test_loss"] = float(joint(task_losses({t: heads[t](Xt) for t in tasks}, Yt)))
+                row["test_loss"] = float(joint(task_losses(forward(heads, Xt, tasks), Yt)))
         history.append(row)
         if on_epoch is not None:
             on_epoch(row)

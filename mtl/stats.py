@@ -1,0 +1,101 @@
+"""Uncertainty of scores over test items: percentile bootstrap CIs, and paired bootstrap CIs of a
+difference between two predictors scored on the same items.
+
+Every resample is scored by `mtl.evaluate.metric`, the same sklearn call as the point estimate.
+Rows with label -1 (no label for the task) are dropped before resampling.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from mtl.evaluate import metric as score
+
+N_BOOT = 1000
+
+
+@dataclass(frozen=True)
+class CI:
+    """A point estimate with a 95 % (or `level`) percentile interval."""
+
+    estimate: float
+    lo: float
+    hi: float
+    n_items: int
+    level: float = 0.95
+    per_seed: list[float] = field(default_factory=list)  # paired differences: each seed's own point difference
+
+    def __str__(self) -> str:
+        return f"{self.estimate:.3f} [{self.lo:.3f}, {self.hi:.3f}]"
+
+    def excludes_zero(self) -> bool:
+        return self.lo > 0 or self.hi < 0
+
+    def as_dict(self) -> dict:
+        return {"estimate": self.estimate, "lo": self.lo, "hi": self.hi, "n_items": self.n_items, "level": self.level,
+                **({"per_seed": self.per_seed} if self.per_seed else {})}
+
+
+def _labelled(y: np.ndarray, preds: Sequence[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+    y = np.asarray(y)
+    if any(np.shape(p) != y.shape for p in preds):
+        raise ValueError("predictions and labels must have the same length")
+    keep = y >= 0
+    if not keep.any():
+        raise ValueError("no labelled items to resample")
+    return y[keep], [np.asarray(p)[keep] for p in preds]
+
+
+def _n_labels(y: np.ndarray, preds: Sequence[np.ndarray], n_labels: int | None) -> int:
+    return n_labels if n_labels is not None else int(max(y.max(), *(p.max() for p in preds))) + 1
+
+
+def _interval(draws: np.ndarray, level: float) -> tuple[float, float]:
+    tail = (1 - level) / 2 * 100
+    lo, hi = np.percentile(draws, [tail, 100 - tail])
+    return float(lo), float(hi)
+
+
+def bootstrap_ci(y: np.ndarray, pred: np.ndarray, metric: str, n: int = N_BOOT, seed: int = 0, n_labels: int | None = None,
+                 level: float = 0.95) -> CI:
+    """Percentile bootstrap CI of `metric` ("accuracy", "macro_recall", "macro_f1") over test items.
+
+    Items are resampled with replacement `n` times; `n_labels` is the task's label count (macro
+    metrics average over every label, as `task_metrics` does; default: the largest id seen + 1).
+    """
+    y, (pred,) = _labelled(y, [pred])
+    k = _n_labels(y, [pred], n_labels)
+    rng = np.random.default_rng(seed)
+    draws = np.empty(n)
+    for b in range(n):
+        idx = rng.integers(0, len(y), len(y))
+        draws[b] = score(metric, y[idx], pred[idx], k)
+    return CI(score(metric, y, pred, k), *_interval(draws, level), n_items=len(y), level=level)
+
+
+def paired_bootstrap(y: np.ndarray, preds_a: Sequence[np.ndarray], preds_b: Sequence[np.ndarray], metric: str, n: int = N_BOOT, seed: int = 0,
+                     n_labels: int | None = None, level: float = 0.95) -> CI:
+    """CI of metric(A) - metric(B) on the same items, A and B each given once per training seed.
+
+    Seeds are **pooled**: the estimate is the mean over seeds of each seed's difference, and every
+    bootstrap draw resamples the items once and applies that one resample to every seed of both
+    predictors (so item difficulty cancels in the difference). The interval therefore covers item
+    sampling with the seed noise averaged out; `per_seed` holds each seed's own difference, whose
+    spread shows the seed noise. A and B pair seed i with seed i, so they need equal counts.
+    """
+    if len(preds_a) != len(preds_b) or not preds_a:
+        raise ValueError("paired_bootstrap needs the same number (>= 1) of predictions for A and B, one per seed")
+    y, preds = _labelled(y, [*preds_a, *preds_b])
+    a, b = preds[: len(preds_a)], preds[len(preds_a):]
+    k = _n_labels(y, preds, n_labels)
+
+    def diff(idx: np.ndarray | slice) -> float:
+        return float(np.mean([score(metric, y[idx], pa[idx], k) - score(metric, y[idx], pb[idx], k) for pa, pb in zip(a, b)]))
+
+    rng = np.random.default_rng(seed)
+    draws = np.array([diff(rng.integers(0, len(y), len(y))) for _ in range(n)])
+    per_seed = [score(metric, y, pa, k) - score(metric, y, pb, k) for pa, pb in zip(a, b)]
+    return CI(diff(slice(None)), *_interval(draws, level), n_items=len(y), level=level, per_seed=per_seed)

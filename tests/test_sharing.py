@@ -1,0 +1,116 @@
+"""Sharing modes: a shared trunk really couples the tasks, runs the same in numpy, and round-trips."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from mtl.checkpoint import load_checkpoint, save_checkpoint
+from mtl.errors import MTLError
+from mtl.heads import build_heads, forward, predict_proba, state_to_numpy
+from mtl.tasks import DEFAULT_TASKS
+from mtl.train import TrainConfig, train
+
+
+def _toy(n: int = 240, seed: int = 0):
+    """Separable toy data: topic from one direction, sentiment from another; some labels missing."""
+    rng = np.random.default_rng(seed)
+    x = (0.05 * rng.normal(size=(n, 384))).astype(np.float32)
+    x[:, :2] = rng.normal(size=(n, 2))  # the two label directions stand out from the noise
+    topic = (x[:, 0] > 0).astype(np.int64)
+    senti = np.digitize(x[:, 1], [-0.5, 0.5]).astype(np.int64)
+    senti[: n // 4] = -1  # a quarter without a sentiment label: masked from the loss
+    return x, {"topic": topic, "sentiment": senti}
+
+
+def test_trunk_run_learns_both_tasks_and_trains_the_shared_layer():
+    x, y = _toy()
+    cfg = TrainConfig(epochs=30, lr=1e-3, share="trunk", trunk_hidden=32)
+    heads, hist, _ = train(x[:200], {t: v[:200] for t, v in y.items()}, DEFAULT_TASKS, cfg, x[200:], {t: v[200:] for t, v in y.items()})
+    assert "trunk" in heads and heads["trunk"][0].weight.shape == (32, 384) and heads["topic"][0].weight.shape == (2, 32)
+    assert hist[-1]["train_loss"] < hist[0]["train_loss"] / 2
+    probs = predict_proba(state_to_numpy(heads), DEFAULT_TASKS, x[200:])
+    assert (probs["topic"].argmax(1) == y["topic"][200:]).mean() >= 0.85
+    keep = y["sentiment"][200:] >= 0
+    assert (probs["sentiment"].argmax(1)[keep] == y["sentiment"][200:][keep]).mean() >= 0.6  # chance is 1/3
+
+
+def test_with_a_trunk_each_task_moves_the_other_heads_inputs():
+    """The point of sharing: down-weighting sentiment changes the topic head too (without a trunk it cannot)."""
+    x, y = _toy()
+    for share, coupled in (("trunk", True), ("none", False)):
+        a, _, _ = train(x, y, DEFAULT_TASKS, TrainConfig(epochs=3, share=share, trunk_hidden=16))
+        b, _, _ = train(x, y, DEFAULT_TASKS, TrainConfig(epochs=3, share=share, trunk_hidden=16, task_weights={"sentiment": 0.01}))
+        assert (not torch.equal(a["topic"][0].weight, b["topic"][0].weight)) is coupled, share
+
+
+def test_numpy_forward_equals_torch_with_a_trunk_and_hidden_heads():
+    torch.manual_seed(2)
+    heads = build_heads(DEFAULT_TASKS, 384, hidden=8, trunk_hidden=24).eval()
+    x = np.random.default_rng(2).normal(size=(6, 384)).astype(np.float32)
+    probs = predict_proba(state_to_numpy(heads), DEFAULT_TASKS, x)
+    with torch.no_grad():
+        ref = forward(heads, torch.from_numpy(x), DEFAULT_TASKS)
+    for t in DEFAULT_TASKS:
+        np.testing.assert_allclose(probs[t], torch.softmax(ref[t], 1).numpy(), atol=1e-5)
+
+
+def _meta(tasks=DEFAULT_TASKS) -> dict:
+    return {"tasks": tasks, "embedding_dim": 384, "backbone_identity": "x"}
+
+
+def test_trunk_checkpoint_round_trips_and_a_bad_trunk_is_refused(tmp_path):
+    torch.manual_seed(3)
+    state = state_to_numpy(build_heads(DEFAULT_TASKS, 384, trunk_hidden=24))
+    save_checkpoint(tmp_path / "t.safetensors", state, _meta())
+    back = load_checkpoint(tmp_path / "t.safetensors")
+    x = np.random.default_rng(3).normal(size=(4, 384)).astype(np.float32)
+    for t in DEFAULT_TASKS:
+        np.testing.assert_array_equal(predict_proba(back.state, DEFAULT_TASKS, x)[t], predict_proba(state, DEFAULT_TASKS, x)[t])
+    bad = {**state, "trunk.0.weight": state["trunk.0.weight"][:, :100]}
+    save_checkpoint(tmp_path / "b.safetensors", bad, _meta())
+    with pytest.raises(MTLError, match="shared trunk"):
+        load_checkpoint(tmp_path / "b.safetensors")
+
+
+def test_checkpoint_without_a_trunk_still_loads_and_predicts(tmp_path):
+    torch.manual_seed(4)
+    state = state_to_numpy(build_heads(DEFAULT_TASKS, 384))
+    assert not any(k.startswith("trunk.") for k in state)
+    save_checkpoint(tmp_path / "old.safetensors", state, _meta())
+    probs = predict_proba(load_checkpoint(tmp_path / "old.safetensors").state, DEFAULT_TASKS, np.ones((2, 384), np.float32))
+    assert probs["sentiment"].shape == (2, 3)
+
+
+@pytest.mark.parametrize("kw, needle", [({"share": "both"}, "share: expected one of none, trunk"),
+                                        ({"trunk_hidden": 0}, "trunk_hidden: expected a positive integer")])
+def test_bad_sharing_settings_are_one_line_errors(kw, needle):
+    with pytest.raises(MTLError, match=needle):
+        TrainConfig(**kw)
+
+
+def test_a_task_named_trunk_is_refused_with_a_trunk():
+    with pytest.raises(MTLError, match="may not be named 'trunk'"):
+        build_heads({"trunk": ["a", "b"]}, 384, trunk_hidden=8)
+
+
+def test_trunk_rows_of_the_comparison_train_a_shared_trunk_or_one_per_task(monkeypatch):
+    """`_fit_predict` builds what each row's name says: one trunk for both tasks, or one per task."""
+    import mtl.train as train_module
+    from mtl import experiments
+
+    built = []
+    real = train_module.train  # _fit_predict imports train at call time, so patching the module is seen
+
+    def spy(x, y, tasks, config, *rest, **kw):
+        built.append((tuple(tasks), config.share))
+        return real(x, y, tasks, config, *rest, **kw)
+
+    monkeypatch.setattr(train_module, "train", spy)
+    x, y = _toy(60)
+    cfg = TrainConfig(epochs=1, trunk_hidden=8)
+    multi = experiments._fit_predict("multi-task trunk", x, y, x, DEFAULT_TASKS, cfg, None)
+    experiments._fit_predict("single-task trunk", x, y, x, DEFAULT_TASKS, cfg, None)
+    assert built == [(("topic", "sentiment"), "trunk"), (("topic",), "trunk"), (("sentiment",), "trunk")]
+    assert multi["sentiment"].shape == (60,)

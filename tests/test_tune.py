@@ -1,0 +1,72 @@
+"""`mtl train --tune` and the knob flags: the choice and CV table are recorded; FPB/AG are never read."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from mtl import data as data_module
+from mtl import experiments
+from mtl.checkpoint import load_checkpoint
+from mtl.cli import main
+from mtl.train import TrainConfig
+
+REPORT_ONLY = ("financial_phrasebank", "agnews")  # cross-domain test sets: no training, selection or thresholds
+
+
+def _tiny_grid(epochs: int = 30, batch_size: int = 64, seed: int = 0, trunk: bool = True):
+    """Two candidates CV must tell apart: one that barely moves from its initialisation, one that learns."""
+    return [("last", TrainConfig(epochs=1, lr=1e-6, batch_size=64, seed=seed)),
+            ("last", TrainConfig(epochs=8, lr=1e-3, batch_size=32, seed=seed, share="trunk", trunk_hidden=32, balance=True))]
+
+
+@pytest.fixture
+def opened(monkeypatch):
+    """Every path `read_table` (hence `load_dataset`) opens during the test."""
+    seen: list[str] = []
+    real = data_module.read_table
+
+    def spy(path):
+        seen.append(str(path))
+        return real(path)
+
+    monkeypatch.setattr(data_module, "read_table", spy)
+    return seen
+
+
+def test_tune_records_its_choice_and_cv_table_and_never_reads_report_only_sets(tmp_path, monkeypatch, opened, capsys):
+    monkeypatch.setattr(experiments, "candidates", _tiny_grid)
+    out, metrics = tmp_path / "m.safetensors", tmp_path / "m.json"
+    assert main(["train", "--tune", "--tune-folds", "2", "--device", "cpu", "--out", str(out), "--metrics", str(metrics)]) == 0
+    tune = load_checkpoint(out).meta["tune"]
+    assert tune["chosen"] == 1 and tune["folds"] == 2 and len(tune["cv_table"]) == 2
+    cv = [row["cv_macro_recall_mean"] for row in tune["cv_table"]]
+    assert cv[1] > cv[0] + 0.3 and cv[1] > 0.8  # the learning candidate wins on held-out folds, by a margin
+    assert {"cv_topic_macro_recall", "cv_sentiment_macro_recall"} <= set(tune["cv_table"][0])
+    cfg = json.loads(metrics.read_text())["meta"]["config"]
+    assert (cfg["share"], cfg["trunk_hidden"], cfg["lr"], cfg["balance"]) == ("trunk", 32, 1e-3, True)  # trained the choice
+    assert json.loads(metrics.read_text())["meta"]["tune"] == tune
+    assert "chose candidate 1" in capsys.readouterr().err
+    assert opened and not [p for p in opened if any(name in p for name in REPORT_ONLY)]
+
+
+def test_knob_flags_reach_the_checkpoint(tmp_path, opened):
+    out, metrics = tmp_path / "m.safetensors", tmp_path / "m.json"
+    assert main(["train", "--epochs", "2", "--class-balanced", "--weight-decay", "0.001", "--share", "trunk", "--trunk-hidden", "16",
+                 "--device", "cpu", "--out", str(out), "--metrics", str(metrics)]) == 0
+    cfg = load_checkpoint(out).meta["config"]
+    assert (cfg["balance"], cfg["weight_decay"], cfg["share"], cfg["trunk_hidden"]) == (True, 0.001, "trunk", 16)
+    assert load_checkpoint(out).state["trunk.0.weight"].shape == (16, 384)
+    assert not [p for p in opened if any(name in p for name in REPORT_ONLY)]
+
+
+@pytest.mark.parametrize("argv, needle", [(["--share", "both"], "--share: invalid choice"),
+                                          (["--trunk-hidden", "0"], "--trunk-hidden: expected a positive integer"),
+                                          (["--weight-decay", "-1"], "--weight-decay: expected a number >= 0"),
+                                          (["--tune-folds", "1"], "--tune-folds: expected an integer >= 2")])
+def test_bad_knob_flags_are_one_line_errors(argv, needle, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["train", *argv])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and needle in err and len(err.strip().splitlines()) == 1
