@@ -27,7 +27,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e ".[dev,scale]"
 	$(BIN)/nbstripout --install --attributes .gitattributes 2>/dev/null || true
-	# keep execution counts: cells marked NBVAL_CHECK_OUTPUT need theirs, or nbval calls them unrun (tests check the rest are empty)
+	@# keep execution counts: cells marked NBVAL_CHECK_OUTPUT need theirs, or nbval calls them unrun (tests check the rest are empty)
 	git config filter.nbstripout.clean '"$(abspath $(BIN))/python" -m nbstripout --keep-count' 2>/dev/null || true
 	touch $(STAMP)
 endif
