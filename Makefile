@@ -51,7 +51,7 @@ test: $(STAMP)  ## every test, then the notebooks under nbval (cells marked NBVA
 	$(BIN)/python -m pytest -q $(NBVAL) notebooks/
 
 test-fast: $(STAMP)  ## the tests not marked slow: under a minute
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m "not slow" -p no:nbval
 
 lint: $(STAMP)
 	$(BIN)/ruff check mtl tests bench
