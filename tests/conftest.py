@@ -14,6 +14,15 @@ from mtl import paths
 
 ROOT = paths.ROOT
 
+# Short and long, sports and politics: what the encoder tests embed.
+SENTENCES = [
+    "The match was postponed because of heavy snow.",
+    "A wonderful afternoon of cricket ended in a thrilling tie.",
+    "The council rejected the plan after a bitter debate.",
+    "Short one.",
+    "The minister will publish the report next week, officials said on Monday in the capital city.",
+]
+
 
 def cuda_available() -> bool:
     """CUDA usable by torch (checked without importing torch where no NVIDIA driver exists)."""

@@ -5,20 +5,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import cuda_available, run_cli
+from conftest import SENTENCES, cuda_available, run_cli
 
 from mtl.embed import EmbedSpec, encode
 from mtl.encoders import FP32_EXACT, MODES, auto_backend, length_batches, resolve_backend
 from mtl.errors import MTLError
 
-SENTENCES = [
-    "The match was postponed because of heavy snow.",
-    "A wonderful afternoon of cricket ended in a thrilling tie.",
-    "The council rejected the plan after a bitter debate.",
-    "Short one.",
-    "The minister will publish the report next week, officials said on Monday in the capital city.",
-    "love it 😍 what a goal!!",
-]
+SENTENCES = [*SENTENCES, "love it 😍 what a goal!!"]  # an emoji too: it reaches the backbone spelled out
 # min cosine to SentenceTransformer.encode in fp32, per mode (int8 is judged on the mean)
 TOLERANCE = {"torch-fp32": 0.9999, "onnx-fp32": 0.9999, "torch-fp16": 0.999, "torch-bf16": 0.99, "onnx-int8": 0.97}
 

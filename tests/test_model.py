@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import SENTENCES
 
 from mtl import paths
 from mtl.checkpoint import check_compatible, load_checkpoint, save_checkpoint
@@ -108,14 +109,6 @@ def test_changing_a_name_keeps_labels_and_flipping_sentiment_changes_it(trained)
     assert rows[0]["sentiment"] == rows[1]["sentiment"] == "positive"
     assert rows[2]["sentiment"] == "negative"
 
-
-SENTENCES = [
-    "The match was postponed because of heavy snow.",
-    "A wonderful afternoon of cricket ended in a thrilling tie.",
-    "The council rejected the plan after a bitter debate.",
-    "Short one.",
-    "The minister will publish the report next week, officials said on Monday in the capital city.",
-]
 
 
 @pytest.mark.slow
