@@ -106,7 +106,7 @@ def encode(texts: list[str], spec: EmbedSpec | None = None, verbose: bool = Fals
         first = dict(zip(keys, texts))
         bar = None
         if len(todo) >= PROGRESS_FROM:
-            from tqdm.auto import tqdm
+            from tqdm import tqdm  # plain: tqdm.auto warns in kernels without ipywidgets, and bars show on terminals only
 
             # a live bar in a terminal only: in a notebook or a log every redraw would become a line of output
             bar = tqdm(total=len(todo), desc="encoding", unit="sent", file=sys.stderr, disable=None)
