@@ -48,12 +48,14 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def spec_of(a, layers: str = "last"):
     """The EmbedSpec that a command's --backend/--device/--cache-dir (and --layers) flags describe."""
+    from mtl.backbone import DEFAULT_BACKBONE
     from mtl.embed import EmbedSpec
 
-    return EmbedSpec(backend=a.backend, device=a.device, layers=layers, cache_dir=a.cache_dir, backbone=getattr(a, "backbone", None) or "all-MiniLM-L6-v2")
+    return EmbedSpec(backend=a.backend, device=a.device, layers=layers, cache_dir=a.cache_dir, backbone=getattr(a, "backbone", None) or DEFAULT_BACKBONE)
 
 
 def build_parser() -> Parser:
+    from mtl.backbone import DEFAULT_BACKBONE
     from mtl.train import BATCH_SIZE, EPOCHS, LR, TrainConfig
 
     ap = Parser(prog="mtl", allow_abbrev=False, description="Multi-task sentence classification on a frozen sentence-transformer.")
@@ -80,7 +82,7 @@ def build_parser() -> Parser:
     t.add_argument("--weighting", choices=("static", "uncertainty"), default="static")
     t.add_argument("--task-weights", type=task_weights, default={}, help="static loss weights, e.g. topic=1,sentiment=2")
     t.add_argument("--seed", type=_flag("seed"), default=0)
-    t.add_argument("--backbone", default="all-MiniLM-L6-v2", help="packaged model, a local folder, or a hub name")
+    t.add_argument("--backbone", default=DEFAULT_BACKBONE, help="packaged model, a local folder, or a hub name")
     t.add_argument("--layers", default="last", help="embedding from the last layer (default) or the average of layers A-B, e.g. 4-6")
     t.add_argument("--out", default=None, help="checkpoint path (default saved_models/multi_task_model.safetensors)")
     t.add_argument("--metrics", default=None, help="metrics JSON path (default saved_models/metrics.json)")
@@ -96,7 +98,7 @@ def build_parser() -> Parser:
     m = sub.add_parser("embed", allow_abbrev=False, help="write the embedding of every text of a corpus")
     m.add_argument("inputs", nargs="+", help="text file, CSV/JSONL/Parquet with a text column, a glob, or - for stdin")
     m.add_argument("--format", choices=("parquet", "jsonl"), default=None, help="shard format (default parquet; jsonl without --out)")
-    m.add_argument("--backbone", default="all-MiniLM-L6-v2")
+    m.add_argument("--backbone", default=DEFAULT_BACKBONE)
     m.add_argument("--layers", default="last", help="last (default) or the average of layers A-B, e.g. 4-6")
     _common(m)
     _corpus_options(m, predict=False)

@@ -31,12 +31,13 @@ class Labeller:
     """One Ray actor: the encoder and the heads are loaded once, then every batch goes through them."""
 
     def __init__(self, ckpt_bytes: bytes | None, settings: dict):
+        from mtl.backbone import DEFAULT_BACKBONE
         from mtl.checkpoint import load_checkpoint
         from mtl.embed import EmbedSpec
 
         self.settings = settings
         self.spec = EmbedSpec(backend=settings["backend"] or "auto", device=settings["device"], cache_dir=settings["cache_dir"],
-                              layers=settings["layers"] or "last", backbone=settings["backbone"] or "all-MiniLM-L6-v2")
+                              layers=settings["layers"] or "last", backbone=settings["backbone"] or DEFAULT_BACKBONE)
         self.ckpt = None
         if ckpt_bytes is not None:
             # Workers may not see the driver's files: the checkpoint travels as bytes (safetensors, no pickle).
