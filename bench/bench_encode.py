@@ -165,8 +165,9 @@ def child(mode: str, n: int, device: str, tmp: Path) -> tuple[dict, np.ndarray |
     out = tmp / f"{mode.replace('@', '_')}.npy"
     r = subprocess.run([sys.executable, __file__, "--child", mode, "--n", str(n), "--device", device, "--out", str(out)],
                        capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONWARNINGS": "ignore"})
-    if r.returncode != 0:
-        raise SystemExit(f"{mode} failed:\n{r.stderr[-3000:]}")
+    if r.returncode != 0:  # one failing mode must not cost the others (a GPU call is made once)
+        print(f"{mode} failed:\n{r.stderr[-3000:]}", file=sys.stderr)
+        return {"mode": mode, "failed": r.stderr[-500:]}, None
     return json.loads(r.stdout.strip().splitlines()[-1]), (np.load(out) if out.exists() else None)
 
 
@@ -225,6 +226,9 @@ def main() -> None:
         print(f"{'mode':<26}{'sent/s':>9}{'x ref':>8}{'cos mean':>10}{'cos min':>9}{'labels=':>9}{'peak MB':>9}")
         for name in ["st-fp32-b32"] + modes:
             info, x = (ref_info, ref) if name == "st-fp32-b32" else child(name, a.n, a.device, tmp)
+            if "failed" in info:
+                results["modes"][name] = info
+                continue
             rate = a.n / info["seconds"]
             row = {**info, "sent_per_s": rate, "x_reference": rate / ref_rate}
             if x is not None:

@@ -33,7 +33,8 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
 CHUNK_SIZE = 10_000  # rows per output shard: ~15 MB of vectors, ~1 min of encoding on 2 CPU cores
-ENCODE_SLICE = 512  # texts per encode() call inside a chunk (the cache's write unit; keeps the bar moving)
+ENCODE_SLICE = 512  # texts per encode() call inside a chunk on a CPU (the cache's write unit; keeps the bar moving)
+ENCODE_SLICE_GPU = 8192  # on a GPU: one call has one device sync, and 512 tweets are about one batch there
 MANIFEST = "_manifest.json"  # leading "_" / ".": pyarrow and Ray skip these when reading OUT as a dataset
 READ_BATCH = 8192
 
@@ -372,22 +373,24 @@ def open_out(job: Job) -> tuple[dict, bool]:
     return want, False
 
 
-def run(job: Job, encode: Callable[[list[str]], np.ndarray], ckpt=None) -> dict:
-    """Stream the corpus through `encode` (+ the heads), one shard per chunk, skipping finished shards."""
+def run(job: Job, encode: Callable[[list[str]], np.ndarray], ckpt=None, slice_rows: int = ENCODE_SLICE) -> dict:
+    """Stream the corpus through `encode` (+ the heads), one shard per chunk, skipping finished shards.
+
+    `slice_rows` texts go to `encode` at a time (ENCODE_SLICE_GPU when the encoder runs on a GPU)."""
     from filelock import FileLock, Timeout
-    from tqdm.auto import tqdm
+    from tqdm import tqdm  # plain: tqdm.auto warns in kernels without ipywidgets
 
     if job.out.exists() and not job.out.is_dir():
         raise MTLError(f"{job.out}: is a file; --out takes a folder")
     job.out.mkdir(parents=True, exist_ok=True)
     try:
         with FileLock(str(job.out / ".lock"), timeout=0):  # one run per folder: the next step deletes temp files
-            return _run(job, encode, ckpt, tqdm)
+            return _run(job, encode, ckpt, tqdm, slice_rows)
     except Timeout:
         raise MTLError(f"{job.out}: another mtl run is writing here; wait for it or choose another --out") from None
 
 
-def _run(job: Job, encode: Callable[[list[str]], np.ndarray], ckpt, tqdm) -> dict:
+def _run(job: Job, encode: Callable[[list[str]], np.ndarray], ckpt, tqdm, slice_rows: int) -> dict:
     manifest, complete = open_out(job)
     if complete:
         print(f"{job.out}: already complete ({manifest.get('rows', '?')} rows); nothing to do", file=sys.stderr)
@@ -410,11 +413,11 @@ def _run(job: Job, encode: Callable[[list[str]], np.ndarray], ckpt, tqdm) -> dic
             counted = 0
 
             def sliced(batch: list[str]) -> np.ndarray:
-                """`encode` in slices of ENCODE_SLICE texts, so the bar moves within a chunk."""
+                """`encode` in slices of `slice_rows` texts, so the bar moves within a chunk."""
                 nonlocal counted
                 parts = []
-                for start in range(0, len(batch), ENCODE_SLICE):
-                    parts.append(encode(batch[start : start + ENCODE_SLICE]))
+                for start in range(0, len(batch), slice_rows):
+                    parts.append(encode(batch[start : start + slice_rows]))
                     bar.update(len(parts[-1]))
                     counted += len(parts[-1])
                 return np.concatenate(parts)
