@@ -5,7 +5,7 @@
 # then:  run(command="bash bench/gpu_check.sh", carry=[".device"], timeout_s=540)
 # Dry run on a CPU:  PY=.venv/bin/python DEV=cpu N=2000 OUT=/tmp/gpu-dry bash bench/gpu_check.sh
 set -uo pipefail
-OUT=${OUT:-/tmp/gpu-check}; N=${N:-100000}; DEV=${DEV:-cuda}; PY=${PY:-python3}
+OUT=${OUT:-/tmp/gpu-check}; N=${N:-50000}; DEV=${DEV:-cuda}; PY=${PY:-python3}
 mkdir -p "$OUT"
 source .device/env.sh
 export MTL_CACHE_DIR=/tmp/mtl-cache PYTHONWARNINGS=ignore
@@ -15,7 +15,7 @@ step "machine"; nvidia-smi -L 2>&1 | tee -a "$OUT/summary.txt"; $PY -m mtl info 
 step "gpu tests (pytest -m gpu)"
 T 120 $PY -m pytest -q -m gpu tests/test_encoders.py -p no:cacheprovider 2>&1 | tail -5 | tee -a "$OUT/summary.txt"
 step "bench: $N tweets on $DEV"
-T 300 $PY bench/bench_encode.py --device "$DEV" --n "$N" --whole-n "${WHOLE_N:-0}" --json "$OUT/encode-$DEV.json" 2>&1 | tee -a "$OUT/summary.txt"
+T 360 $PY bench/bench_encode.py --device "$DEV" --n "$N" --whole-n "${WHOLE_N:-0}" --json "$OUT/encode-$DEV.json" 2>&1 | tee -a "$OUT/summary.txt"
 step "mtl train / predict on $DEV"
 T 90 $PY -m mtl train --device "$DEV" --out /tmp/m.safetensors --metrics /tmp/m.json 2>&1 | tail -9 | tee -a "$OUT/summary.txt"
 echo "The striker scored a wonderful goal" | $PY -m mtl predict - --device "$DEV" --model /tmp/m.safetensors 2>&1 | tee -a "$OUT/summary.txt"
