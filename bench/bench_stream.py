@@ -42,6 +42,9 @@ WORDS = {
 }
 
 
+BASELINE_REV = "921853f^1"  # main just before "Merge issue12": whole-input predict, one dict cache
+
+
 def sentences(n: int, seed: int = 0) -> list[str]:
     """n unique short generated sentences (~10 words): not training data, so every one is a cache miss."""
     rng = random.Random(seed)
@@ -107,8 +110,8 @@ def write_corpus(tmp: Path, n: int) -> tuple[Path, Path]:
 
 
 def baseline_tree(tmp: Path) -> Path:
-    """The package as it was before this work (git merge-base HEAD main), for the 'today' runs."""
-    rev = subprocess.run(["git", "merge-base", "HEAD", "main"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+    """The package as it was before streaming (main before the issue-12 merge), for the 'today' runs."""
+    rev = subprocess.run(["git", "rev-parse", BASELINE_REV], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
     out = tmp / "baseline"
     out.mkdir()
     archive = subprocess.run(["git", "archive", rev, "mtl"], cwd=ROOT, capture_output=True, check=True).stdout
