@@ -22,6 +22,9 @@ TRUNK_METHODS = ("single-task trunk", "multi-task trunk")
 ALL_METHODS = METHODS + TRUNK_METHODS
 # Which sharing each trained row uses; a single-task row trains the same modules on one task's rows alone.
 SHARING = {"single-task heads": "none", "multi-task heads": "none", "single-task trunk": "trunk", "multi-task trunk": "trunk"}
+# (b) backbone adaptation: the top layers train with the heads, shared by both tasks or one adapted copy per
+# task. It needs the texts, not cached vectors, so it has its own path (`adapt_predict`), used by sharing_report.
+ADAPTED_METHODS = ("single-task adapted", "multi-task adapted")
 
 
 def _score(y: np.ndarray, pred: np.ndarray, labels: list[str]) -> dict:
@@ -138,6 +141,33 @@ def _fit_predict(method: str, x_tr, y_tr, x_te, tasks: Tasks, config, protos) ->
             one = {task: labels}
             heads, _, _ = train(x_tr[m], {task: y_tr[task][m]}, one, config)
             preds[task] = predict_proba(state_to_numpy(heads), one, x_te)[task].argmax(1)
+    return preds
+
+
+def adapt_predict(method: str, texts_tr: list[str], x_tr: np.ndarray, y_tr: dict, texts_te: list[str], tasks: Tasks, config,
+                  adapt=None) -> dict[str, np.ndarray]:
+    """Predicted label ids per task for `texts_te` from an adapted backbone (sharing mode (b)).
+
+    Heads are first trained on the frozen features `x_tr` with `config`, then the top `adapt.unfreeze`
+    layers and the heads train together (linear probe, then fine-tune). "multi-task adapted": one backbone
+    copy for all tasks, masked joint loss on all rows. "single-task adapted": one copy per task, trained on
+    that task's rows only; each copy has the same trainable capacity as the shared one.
+    """
+    from mtl.finetune import Adapt, finetune, predict_finetuned
+    from mtl.train import train
+
+    adapt = adapt or Adapt()
+    groups = [tasks] if method == "multi-task adapted" else [{t: labels} for t, labels in tasks.items()]
+    preds = {}
+    for group in groups:
+        rows = np.flatnonzero(np.any([y_tr[t] >= 0 for t in group], axis=0))
+        ys = {t: y_tr[t][rows] for t in group}
+        init, _, _ = train(x_tr[rows], ys, group, replace(config, share="none"))
+        model, heads, span, _ = finetune([texts_tr[i] for i in rows], ys, group, unfreeze=adapt.unfreeze, epochs=adapt.epochs,
+                                         lr_backbone=adapt.lr_backbone, lr_heads=adapt.lr_heads, balance=config.balance,
+                                         seed=config.seed, init_heads=init, verbose=False)
+        probs = predict_finetuned(model, heads, texts_te, group, span)
+        preds.update({t: p.argmax(1) for t, p in probs.items()})
     return preds
 
 

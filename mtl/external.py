@@ -69,13 +69,14 @@ def _describe(layers: str, cfg) -> str:
 def tweeteval_report(folder: Path, model_path: str | Path, candidates: list, folds: int = 5, seed: int = 0, spec: EmbedSpec | None = None):
     """(a) default model, (b) heads trained on curated + TweetEval val + BBC with CV-chosen settings,
     (c) logistic regression on TweetEval val; all scored once on TweetEval test.
-    Returns (table, cv table, the chosen (layers, TrainConfig)).
+    Returns (table, cv table, the chosen (layers, TrainConfig), model (b) as a Checkpoint for checkpoint_report).
 
     `candidates` are (layers, TrainConfig) pairs; CV on val picks one, and only that one sees test.
     """
     import pandas as pd
     from sklearn.linear_model import LogisticRegression
 
+    from mtl.checkpoint import Checkpoint
     from mtl.experiments import cv_select
     from mtl.heads import state_to_numpy
     from mtl.pipeline import load_encoded, load_model
@@ -108,7 +109,8 @@ def tweeteval_report(folder: Path, model_path: str | Path, candidates: list, fol
     rows["(c) logistic regression on TweetEval val"] = _sentiment_scores(test_c.y["sentiment"], lr.predict(test_c.x))
     table = pd.DataFrame(rows).T
     board = pd.DataFrame({"macro_recall": LEADERBOARD}).rename(index=lambda n: f"leaderboard: {n} (45k training tweets)")
-    return pd.concat([table, board]), cv, (best_layers, best)
+    model_b = Checkpoint(state_to_numpy(heads), {"tasks": DEFAULT_TASKS, "layers": best_layers, "config": best.as_dict()})
+    return pd.concat([table, board]), cv, (best_layers, best), model_b
 
 
 def finetune_report(folder: Path, unfreeze: int, epochs: int = 2, lr_backbone: float = 3e-5, seed: int = 0,
@@ -160,19 +162,25 @@ def report_sets(folder: str | Path | None = None, names: list[str] | None = None
     return out
 
 
-def _labels_and_x(path: Path, task: str, layers: str, spec: EmbedSpec | None):
-    """Label ids of `task` and embeddings (with `layers`) of a labelled external file."""
+def _labels_and_x(path: Path, task: str, layers: str, spec: EmbedSpec | None, sample: int | None = None):
+    """Label ids of `task`, embeddings (with `layers`) and texts of a labelled external file.
+
+    `sample`: at most this many rows, drawn at random with a fixed seed (the same rows every run)."""
     from mtl.data import label_ids, load_dataset
     from mtl.embed import encode
 
     frame = load_dataset(path, {task: DEFAULT_TASKS[task]})
-    x, _ = encode(list(frame["text"]), replace(spec or EmbedSpec(), layers=layers), verbose=False)
-    return label_ids(frame, {task: DEFAULT_TASKS[task]})[task], x
+    if sample and len(frame) > sample:
+        frame = frame.sample(n=sample, random_state=0).sort_index()
+    texts = list(frame["text"])
+    x, _ = encode(texts, replace(spec or EmbedSpec(), layers=layers), verbose=False)
+    return label_ids(frame, {task: DEFAULT_TASKS[task]})[task], x, texts
 
 
-def checkpoint_report(models: dict[str, str | Path], folder: str | Path | None = None, names: list[str] | None = None,
+def checkpoint_report(models: dict, folder: str | Path | None = None, names: list[str] | None = None,
                       spec: EmbedSpec | None = None, n_boot: int = 1000, seed: int = 0):
-    """Each checkpoint on each external set: its metric with a 95 % percentile bootstrap CI over the set's items.
+    """Each model (a checkpoint path or a loaded Checkpoint) on each external set: its metric with a 95 %
+    percentile bootstrap CI over the set's items.
 
     Returns a DataFrame (model, set, task, metric, n, estimate, ci_lo, ci_hi). Report only: no choice is made here.
     """
@@ -184,9 +192,9 @@ def checkpoint_report(models: dict[str, str | Path], folder: str | Path | None =
 
     rows = []
     for model_name, path in models.items():
-        ckpt = load_model(path)
+        ckpt = path if hasattr(path, "state") else load_model(path)
         for set_name, (file, task, metric) in report_sets(folder, names).items():
-            y, x = _labels_and_x(file, task, ckpt.meta.get("layers", "last"), spec)
+            y, x, _ = _labels_and_x(file, task, ckpt.meta.get("layers", "last"), spec)
             pred = predict_proba(ckpt.state, ckpt.tasks, x)[task].argmax(1)
             ci = bootstrap_ci(y, pred, metric, n=n_boot, seed=seed, n_labels=len(DEFAULT_TASKS[task]))
             rows.append({"model": model_name, "set": set_name, "task": task, "metric": metric, "n": ci.n_items,
@@ -194,11 +202,19 @@ def checkpoint_report(models: dict[str, str | Path], folder: str | Path | None =
     return pd.DataFrame(rows)
 
 
+SHARING_PAIRS = (("multi-task heads", "single-task heads"), ("multi-task trunk", "single-task trunk"),
+                 ("multi-task adapted", "single-task adapted"))
+
+
 def sharing_report(config, seeds: tuple[int, ...] = (0, 1, 2), folder: str | Path | None = None, names: list[str] | None = None,
-                   spec: EmbedSpec | None = None, n_boot: int = 1000, pairs: tuple[tuple[str, str], ...] = (
-                       ("multi-task trunk", "single-task trunk"), ("multi-task heads", "single-task heads"))):
-    """Multi- vs single-task, each trained on the curated **train** split once per seed with `config`
-    (sharing set per method), scored on the curated held-out split and the external sets.
+                   spec: EmbedSpec | None = None, n_boot: int = 1000, pairs: tuple[tuple[str, str], ...] = SHARING_PAIRS,
+                   sample: int | None = None, adapt=None):
+    """Multi- vs single-task for each sharing mode, each trained on the curated **train** split once per seed
+    with `config`, scored on the curated held-out split and the external sets.
+
+    Modes: linear heads (`share="none"`), a shared trunk (`share="trunk"`) and an adapted backbone
+    (`experiments.adapt_predict` with `adapt`). `sample`: score at most this many items of each external
+    set (a fixed random subset; TweetEval test has 12,284, which the adapted mode would re-encode per model).
 
     Returns (scores, diffs). scores: per method and set, the mean and sd over seeds and the seed-0
     model's 95 % bootstrap CI. diffs: per pair (A, B) and set, the paired bootstrap CI of A - B on the
@@ -207,28 +223,31 @@ def sharing_report(config, seeds: tuple[int, ...] = (0, 1, 2), folder: str | Pat
     import pandas as pd
 
     from mtl.evaluate import metric as metric_of
-    from mtl.experiments import _fit_predict
+    from mtl.experiments import ADAPTED_METHODS, _fit_predict, adapt_predict
     from mtl.pipeline import load_encoded
     from mtl.stats import bootstrap_ci, paired_bootstrap
 
     spec = replace(spec or EmbedSpec(), layers="last")
     enc, _ = load_encoded([paths.DATA_CSV], DEFAULT_TASKS, spec, verbose=False)
     tr, te = enc.split()
-    targets = {f"curated held-out {task}": (te.y[task], te.x, task, "accuracy") for task in DEFAULT_TASKS}
+    texts_tr = list(tr.frame["text"])
+    targets = {f"curated held-out {task}": (te.y[task], te.x, list(te.frame["text"]), task, "accuracy") for task in DEFAULT_TASKS}
     for set_name, (file, task, metric) in report_sets(folder, names).items():
-        y, x = _labels_and_x(file, task, spec.layers, spec)
-        targets[set_name] = (y, x, task, metric)
+        targets[set_name] = (*_labels_and_x(file, task, spec.layers, spec, sample), task, metric)
     x_all = np.concatenate([t[1] for t in targets.values()])  # one prediction pass per trained model
+    texts_all = [text for t in targets.values() for text in t[2]]
     cuts = np.cumsum([0] + [len(t[1]) for t in targets.values()])
-    methods = sorted({m for pair in pairs for m in pair})
+    methods = [m for pair in pairs for m in pair]
     preds: dict[str, dict[str, list]] = {m: {name: [] for name in targets} for m in methods}
     for seed in seeds:
         for method in methods:
-            out = _fit_predict(method, tr.x, tr.y, x_all, DEFAULT_TASKS, replace(config, seed=seed), None)
-            for i, (name, (_, _, task, _)) in enumerate(targets.items()):
-                preds[method][name].append(out[task][cuts[i]:cuts[i + 1]])
+            cfg = replace(config, seed=seed)
+            out = (adapt_predict(method, texts_tr, tr.x, tr.y, texts_all, DEFAULT_TASKS, cfg, adapt) if method in ADAPTED_METHODS
+                   else _fit_predict(method, tr.x, tr.y, x_all, DEFAULT_TASKS, cfg, None))
+            for i, (name, target) in enumerate(targets.items()):
+                preds[method][name].append(out[target[3]][cuts[i]:cuts[i + 1]])
     scores, diffs = [], []
-    for name, (y, _, task, metric) in targets.items():
+    for name, (y, _, _, task, metric) in targets.items():
         k = len(DEFAULT_TASKS[task])
         for method in methods:
             per_seed = [metric_of(metric, y[y >= 0], p[y >= 0], k) for p in preds[method][name]]

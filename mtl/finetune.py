@@ -12,10 +12,21 @@ from __future__ import annotations
 import copy
 import sys
 import time
+from dataclasses import dataclass
 
 import numpy as np
 
 from mtl.tasks import Tasks
+
+
+@dataclass(frozen=True)
+class Adapt:
+    """Backbone adaptation for sharing mode (b): fixed beforehand, not tuned on any test set."""
+
+    unfreeze: int = 2  # top transformer layers that train (of 6)
+    epochs: int = 3
+    lr_backbone: float = 5e-5
+    lr_heads: float = 1e-4  # the heads start from ones trained on the frozen features
 
 
 def finetune(texts: list[str], y: dict[str, np.ndarray], tasks: Tasks, unfreeze: int = 2, epochs: int = 2, lr_backbone: float = 3e-5,

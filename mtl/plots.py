@@ -134,3 +134,25 @@ def lr_comparison(results: dict[float, list[dict]], tasks: list[str], path: str 
         ax.legend()
     fig.tight_layout()
     return save_figure(fig, path)
+
+
+def sharing_scores(scores, path: str | Path):
+    """Each sharing mode's score on each set with its 95 % bootstrap CI (seed-0 model), multi- next to single-task."""
+    import matplotlib.pyplot as plt
+
+    sets = list(dict.fromkeys(scores["set"]))
+    methods = list(dict.fromkeys(scores["method"]))
+    fig, axes = plt.subplots(1, len(sets), figsize=(2.6 * len(sets), 3.6), squeeze=False, sharey=False)
+    for ax, name in zip(axes[0], sets):
+        rows = scores[scores["set"] == name].set_index("method").loc[methods]
+        pos = np.arange(len(methods))
+        colours = ["tab:blue" if m.startswith("multi") else "tab:orange" for m in methods]
+        err = np.vstack([rows["seed0"] - rows["seed0_ci_lo"], rows["seed0_ci_hi"] - rows["seed0"]])
+        for i in pos:
+            ax.errorbar(i, rows["seed0"].iloc[i], yerr=err[:, i : i + 1], fmt="o", color=colours[i], capsize=3)
+        ax.set_xticks(pos, [m.replace("-task ", "\n") for m in methods], fontsize=7, rotation=90)
+        ax.set_title(f"{name}\n({rows['metric'].iloc[0].replace('_', '-')}, n={rows['n'].iloc[0]})", fontsize=8)
+    axes[0][0].set_ylabel("score, 95 % bootstrap CI (seed 0)")
+    fig.suptitle("Sharing modes: multi-task (blue) vs single-task (orange), trained on curated train only", fontsize=9)
+    fig.tight_layout()
+    return save_figure(fig, path)

@@ -25,7 +25,9 @@ class TrainConfig:
     batch_size: int = BATCH_SIZE
     hidden: int = 0
     dropout: float = 0.1
-    weight_decay: float = 1e-4
+    # Chosen by 5-fold CV on the curated train rows (mean held-out-fold accuracy over tasks, 100 epochs):
+    # 0 0.928, 1e-4 0.932, 1e-3 0.940, 1e-2 0.940 (best), 3e-2 0.936; sd about 0.01 (README "Default model").
+    weight_decay: float = 1e-2
     weighting: str = "static"  # or "uncertainty" (Kendall et al. 2018)
     task_weights: dict[str, float] = field(default_factory=dict)  # static weights; default 1
     balance: bool = False  # weight classes by inverse frequency (helps macro-recall on skewed data)

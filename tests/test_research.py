@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from mtl.experiments import METHODS, compare
@@ -51,4 +52,5 @@ def test_files_with_different_task_columns_train_together(tmp_path):
                          metrics_out=tmp_path / "m.json", verbose=False)
     by_source = res["metrics"]["by_source"]
     assert "topic_only.csv:train" in by_source and set(by_source["topic_only.csv:train"]) == {"topic"}
-    assert res["meta"]["n_train"] == 278 + 2
+    curated_train = int((pd.read_csv("data/sentences.csv")["split"] == "train").sum())
+    assert res["meta"]["n_train"] == curated_train + 2

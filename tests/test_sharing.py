@@ -114,3 +114,34 @@ def test_trunk_rows_of_the_comparison_train_a_shared_trunk_or_one_per_task(monke
     experiments._fit_predict("single-task trunk", x, y, x, DEFAULT_TASKS, cfg, None)
     assert built == [(("topic", "sentiment"), "trunk"), (("topic",), "trunk"), (("sentiment",), "trunk")]
     assert multi["sentiment"].shape == (60,)
+
+
+@pytest.mark.slow
+def test_adapted_modes_learn_and_single_task_adapts_one_backbone_per_task(monkeypatch):
+    """Sharing mode (b) on real text: a tiny run beats the majority class on held-out rows, and the
+    single-task counterpart adapts one backbone copy per task, each on that task's rows only."""
+    from mtl import experiments, finetune
+    from mtl.embed import EmbedSpec
+    from mtl.finetune import Adapt
+    from mtl import paths
+    from mtl.pipeline import load_encoded
+
+    enc, _ = load_encoded([paths.DATA_CSV], DEFAULT_TASKS, EmbedSpec(backend="onnx"), verbose=False)
+    tr, te = enc.split()
+    tr_rows = np.arange(0, len(tr.x), 4)  # 70 rows keep it fast
+    texts = list(tr.frame["text"])
+    x_tr, y_tr = tr.x[tr_rows], {t: v[tr_rows].copy() for t, v in tr.y.items()}
+    y_tr["sentiment"][:10] = -1  # some rows without a sentiment label: masked out
+    calls = []
+    real = finetune.finetune
+    monkeypatch.setattr(finetune, "finetune", lambda t, y, tasks, **kw: calls.append((list(tasks), len(t))) or real(t, y, tasks, **kw))
+    cfg, adapt = TrainConfig(epochs=30, lr=1e-2), Adapt(unfreeze=1, epochs=1)
+    te_texts = list(te.frame["text"])
+    multi = experiments.adapt_predict("multi-task adapted", [texts[i] for i in tr_rows], x_tr, y_tr, te_texts, DEFAULT_TASKS, cfg, adapt)
+    single = experiments.adapt_predict("single-task adapted", [texts[i] for i in tr_rows], x_tr, y_tr, te_texts, DEFAULT_TASKS, cfg, adapt)
+    assert calls == [(["topic", "sentiment"], 70), (["topic"], 70), (["sentiment"], 60)]
+    for preds in (multi, single):
+        for task, labels in DEFAULT_TASKS.items():
+            acc = (preds[task] == te.y[task]).mean()
+            majority = np.bincount(te.y[task]).max() / len(te.y[task])
+            assert acc >= majority + 0.3, (task, acc, majority)
