@@ -21,7 +21,10 @@ METHODS = ("majority", "zero-shot", "logistic regression", "single-task heads", 
 TRUNK_METHODS = ("single-task trunk", "multi-task trunk")
 ALL_METHODS = METHODS + TRUNK_METHODS
 # Which sharing each trained row uses; a single-task row trains the same modules on one task's rows alone.
-SHARING = {"single-task heads": "none", "multi-task heads": "none", "single-task trunk": "trunk", "multi-task trunk": "trunk"}
+# Method name -> the TrainConfig fields it sets. The uncertainty-weighted trunk answers "does loss weighting matter?"
+# (paired against the static-weighted trunk in `external.sharing_report`).
+SHARING = {"single-task heads": {"share": "none"}, "multi-task heads": {"share": "none"}, "single-task trunk": {"share": "trunk"},
+           "multi-task trunk": {"share": "trunk"}, "multi-task trunk, uncertainty weighting": {"share": "trunk", "weighting": "uncertainty"}}
 # (b) backbone adaptation: the top layers train with the heads, shared by both tasks or one adapted copy per
 # task. It needs the texts, not cached vectors, so it has its own path (`adapt_predict`), used by sharing_report.
 ADAPTED_METHODS = ("single-task adapted", "multi-task adapted")
@@ -124,7 +127,7 @@ def _fit_predict(method: str, x_tr, y_tr, x_te, tasks: Tasks, config, protos) ->
     from mtl.train import train
 
     if method in SHARING:
-        config = replace(config, share=SHARING[method])
+        config = replace(config, **SHARING[method])
     if method.startswith("multi-task"):
         heads, _, _ = train(x_tr, y_tr, tasks, config)
         return {t: p.argmax(1) for t, p in predict_proba(state_to_numpy(heads), tasks, x_te).items()}

@@ -203,7 +203,7 @@ def checkpoint_report(models: dict, folder: str | Path | None = None, names: lis
 
 
 SHARING_PAIRS = (("multi-task heads", "single-task heads"), ("multi-task trunk", "single-task trunk"),
-                 ("multi-task adapted", "single-task adapted"))
+                 ("multi-task adapted", "single-task adapted"), ("multi-task trunk, uncertainty weighting", "multi-task trunk"))
 
 
 def sharing_report(config, seeds: tuple[int, ...] = (0, 1, 2), folder: str | Path | None = None, names: list[str] | None = None,
@@ -237,7 +237,7 @@ def sharing_report(config, seeds: tuple[int, ...] = (0, 1, 2), folder: str | Pat
     x_all = np.concatenate([t[1] for t in targets.values()])  # one prediction pass per trained model
     texts_all = [text for t in targets.values() for text in t[2]]
     cuts = np.cumsum([0] + [len(t[1]) for t in targets.values()])
-    methods = [m for pair in pairs for m in pair]
+    methods = list(dict.fromkeys(m for pair in pairs for m in pair))
     preds: dict[str, dict[str, list]] = {m: {name: [] for name in targets} for m in methods}
     for seed in seeds:
         for method in methods:
