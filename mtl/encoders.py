@@ -44,7 +44,7 @@ FP32_EXACT = ("torch-fp32", "onnx-fp32")  # cosine >= 0.9999 to SentenceTransfor
 # Tokens per batch (rows x longest row). CPU: batch shape hardly matters to onnxruntime here (1,200
 # tweets, same run: 1024 tokens 171-187 sentences/s, 32 rows 172-187), while bigger budgets raised its
 # peak RSS (4096 tokens: 406-740 MB vs 358 MB). CUDA, H100, 50k sentences in one run: 32k tokens 17.0k
-# sentences/s, 16k 13.7k (bench/results/encode-cuda.json); an older probe had 64k at 11.3k. With MAX_ROWS
+# sentences/s, 16k 13.7k (bench/reference/encode-cuda-h100.json); an older probe had 64k at 11.3k. With MAX_ROWS
 # 1024 short sentences reach about 32k tokens anyway.
 TOKEN_BUDGET = {"cpu": 1024, "cuda": 32768, "mps": 8192}
 MAX_ROWS = 1024
