@@ -134,9 +134,13 @@ def _check_leakage(df: "pd.DataFrame", path: Path) -> None:
         )
 
 
+_WARNED_DUPLICATES: set[tuple[str, int]] = set()  # once per file and count per process: 05 reads BBC a dozen times
+
+
 def _warn_duplicates(df: "pd.DataFrame", path: Path) -> None:
     dup = df["text"].map(normalise).duplicated()
-    if dup.any():
+    if dup.any() and (str(path), int(dup.sum())) not in _WARNED_DUPLICATES:
+        _WARNED_DUPLICATES.add((str(path), int(dup.sum())))
         warnings.warn(f"{path}: {int(dup.sum())} duplicate texts (first at line {int(df.loc[dup, 'line'].iloc[0])})", stacklevel=2)
 
 

@@ -116,3 +116,15 @@ def test_hundred_thousand_rows_load(tmp_path):
     p = tmp_path / "big.csv"
     pd.DataFrame({"text": [f"sentence number {i} about the match" for i in range(100_000)], "topic": "sports"}).to_csv(p, index=False)
     assert len(load_dataset(p)) == 100_000
+
+
+def test_duplicate_texts_warn_once_per_file(tmp_path):
+    p = tmp_path / "dups.csv"
+    p.write_text("text,topic\nA fine match today,sports\nA fine match today!,sports\nThe vote is on Monday,politics\n")
+    with pytest.warns(UserWarning, match="1 duplicate texts"):
+        load_dataset(p)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a second read of the same file stays quiet
+        load_dataset(p)
