@@ -27,8 +27,6 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e ".[dev,scale]"
 	$(BIN)/nbstripout --install --attributes .gitattributes 2>/dev/null || true
-	@# keep execution counts: cells marked NBVAL_CHECK_OUTPUT need theirs, or nbval calls them unrun (tests check the rest are empty)
-	git config filter.nbstripout.clean '"$(abspath $(BIN))/python" -m nbstripout --keep-count' 2>/dev/null || true
 	touch $(STAMP)
 endif
 
@@ -46,7 +44,7 @@ train: $(STAMP)
 
 NBVAL := --nbval-lax --nbval-sanitize-with notebooks/nbval_sanitize.cfg -p no:cacheprovider
 
-test: $(STAMP)  ## every test, then the notebooks under nbval (cells marked NBVAL_CHECK_OUTPUT must reproduce their stored output)
+test: $(STAMP)  ## every test, then the notebooks under nbval (cells marked NBVAL_CHECK_OUTPUT must reproduce notebooks/checked_outputs.json)
 	$(BIN)/python -m pytest -q
 	$(BIN)/python -m pytest -q $(NBVAL) notebooks/
 

@@ -363,11 +363,11 @@ def param_value(text: str):
 
 
 def cmd_notebooks(a) -> int:
-    from mtl.notebooks import refresh_checked_outputs, run_all
+    from mtl.notebooks import CHECKED_OUTPUTS, refresh_checked_outputs, run_all
 
     if a.refresh_outputs:
         for nb in refresh_checked_outputs(a.only):
-            print(f"stored checked outputs in {nb}", file=sys.stderr)
+            print(f"stored checked outputs of {nb.name} in {CHECKED_OUTPUTS}", file=sys.stderr)
         return 0
     params = {k: v for k, v in (("epochs", a.epochs), ("lr", a.lr), ("device", a.device), ("seed", a.seed)) if v is not None}
     params.update((name, param_value(value)) for name, value in a.param)

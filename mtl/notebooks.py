@@ -1,5 +1,9 @@
 """Running the numbered notebooks headless with papermill (`make run`, `mtl notebooks`), and
-refreshing the outputs that nbval checks (`make notebook-outputs`)."""
+refreshing the outputs that nbval checks (`make notebook-outputs`).
+
+The notebooks are stored stripped. The expected printed output of each `# NBVAL_CHECK_OUTPUT` cell
+lives in `notebooks/checked_outputs.json`; the pytest plugin `mtl.nbval_plugin` hands it to nbval's cells at
+collection, so nbval compares a fresh run against it as if it were stored in the notebook."""
 
 from __future__ import annotations
 
@@ -11,7 +15,8 @@ from pathlib import Path
 from mtl import paths
 from mtl.errors import MTLError
 
-CHECK_MARK = "# NBVAL_CHECK_OUTPUT"  # cells whose printed output is stored and compared by nbval
+CHECK_MARK = "# NBVAL_CHECK_OUTPUT"  # cells whose printed output is compared by nbval
+CHECKED_OUTPUTS = paths.NOTEBOOKS_DIR / "checked_outputs.json"  # {notebook name: {cell id: [stdout outputs]}}
 
 
 def notebook_list(only: list[str] | None = None) -> list[Path]:
@@ -56,8 +61,8 @@ def run_all(params: dict, only: list[str] | None = None, out_dir: str | Path | N
 
 
 def refresh_checked_outputs(only: list[str] | None = None) -> list[Path]:
-    """Run each notebook with its stored defaults (as nbval does) and store the outputs of its
-    `# NBVAL_CHECK_OUTPUT` cells in the notebook; every other cell stays stripped.
+    """Run each notebook with its stored defaults (as nbval does) and store the stdout of its
+    `# NBVAL_CHECK_OUTPUT` cells in CHECKED_OUTPUTS; the notebooks themselves stay stripped.
 
     Do this on purpose, after a change that moves a reported number, and commit the diff with it.
     """
@@ -65,26 +70,38 @@ def refresh_checked_outputs(only: list[str] | None = None) -> list[Path]:
 
     import papermill as pm
 
+    from mtl.atomic import write_text
+
+    expected = json.loads(CHECKED_OUTPUTS.read_text()) if CHECKED_OUTPUTS.is_file() else {}
     done = []
     with tempfile.TemporaryDirectory() as tmp:
         for nb in notebook_list(only):
             print(f"refreshing checked outputs of {nb.name}", file=sys.stderr)
             executed = Path(tmp) / nb.name
             pm.execute_notebook(str(nb), str(executed), cwd=str(nb.parent), progress_bar=False, kernel_name="python3")
-            ran = json.loads(executed.read_text())["cells"]
-            stored = json.loads(nb.read_text())
-            for cell in stored["cells"]:
-                if cell["cell_type"] != "code":
-                    continue
-                twin = next(c for c in ran if c.get("id") == cell.get("id"))
-                keep = CHECK_MARK in "".join(cell["source"])
-                cell["outputs"] = [o for o in twin["outputs"] if o["output_type"] == "stream" and o["name"] == "stdout"] if keep else []
-                cell["execution_count"] = twin["execution_count"] if keep else None  # nbval skips cells without a count
-            from mtl.atomic import write_text
-
-            write_text(nb, json.dumps(stored, indent=1, ensure_ascii=False) + "\n")
+            expected[nb.name] = {c["id"]: [o for o in c["outputs"] if o["output_type"] == "stream" and o["name"] == "stdout"]
+                                 for c in json.loads(executed.read_text())["cells"] if c["cell_type"] == "code" and CHECK_MARK in "".join(c["source"])}
             done.append(nb)
+    write_text(CHECKED_OUTPUTS, json.dumps(expected, indent=1, ensure_ascii=False, sort_keys=True) + "\n")
     return done
+
+
+def attach_checked_outputs(items) -> None:
+    """pytest hook body: give nbval's `# NBVAL_CHECK_OUTPUT` cells their expected output and a count
+    (nbval treats a cell without one as unrun and skips the comparison)."""
+    import nbformat
+
+    expected = json.loads(CHECKED_OUTPUTS.read_text()) if CHECKED_OUTPUTS.is_file() else {}
+    for item in items:
+        cell = getattr(item, "cell", None)
+        if type(item).__name__ != "IPyNbCell" or cell is None or CHECK_MARK not in cell.source:
+            continue
+        outputs = expected.get(Path(str(item.fspath)).name, {}).get(cell.get("id"))
+        if outputs is None:
+            raise MTLError(f"{item.fspath}: a {CHECK_MARK} cell has no expected output in {CHECKED_OUTPUTS.name}; run `make notebook-outputs`")
+        # stored one line per list item, as .ipynb files store text; nbval compares the joined string
+        cell.outputs = [nbformat.from_dict({**o, "text": "".join(o["text"])}) for o in outputs]
+        cell.execution_count = 1
 
 
 def check_params(**params) -> None:

@@ -31,17 +31,18 @@ def _pyproject_reqs() -> dict[str, str]:
 
 @pytest.mark.parametrize("nb", NOTEBOOKS, ids=[n.name for n in NOTEBOOKS])
 def test_notebook_is_stored_clean_with_one_parameters_cell(nb):
-    """Stripped, except the printed output of cells nbval checks (kept through nbstripout's keep_output)."""
+    """Stripped: no outputs, no counts. The output nbval checks lives in notebooks/checked_outputs.json."""
+    from mtl.notebooks import CHECK_MARK, CHECKED_OUTPUTS
+
     data = json.loads(nb.read_text())
     code = [c for c in data["cells"] if c["cell_type"] == "code"]
     for c in code:
-        checked = "# NBVAL_CHECK_OUTPUT" in "".join(c["source"])
-        assert (c.get("execution_count") is not None) == checked, "only checked cells keep a count (nbval skips a cell without one)"
-        if checked:
-            assert c["metadata"].get("keep_output") is True, "checked cells need keep_output, or nbstripout drops their output"
-            assert c["outputs"] and all(o["output_type"] == "stream" and o["name"] == "stdout" for o in c["outputs"]), "run `make notebook-outputs`"
-        else:
-            assert not c.get("outputs"), "strip outputs (nbstripout)"
+        assert not c.get("outputs") and c.get("execution_count") is None, "strip outputs (nbstripout)"
+    expected = json.loads(CHECKED_OUTPUTS.read_text()).get(nb.name, {})
+    checked = {c["id"] for c in code if CHECK_MARK in "".join(c["source"])}
+    assert set(expected) == checked, "run `make notebook-outputs`"  # every checked cell has its output, none is stale
+    for outputs in expected.values():
+        assert outputs and all(o["output_type"] == "stream" and o["name"] == "stdout" for o in outputs)
     tagged = [c for c in code if "parameters" in c.get("metadata", {}).get("tags", [])]
     assert len(tagged) == 1 and tagged[0] is code[0]
     assert data["metadata"]["kernelspec"]["name"] == "python3"
