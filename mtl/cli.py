@@ -263,9 +263,9 @@ def cmd_corpus(a) -> int:
         for texts, sources in corpus.iter_chunks(inputs, job.chunk_size):
             sys.stdout.write(corpus.to_jsonl(corpus.label_table(texts, sources, encode)))
         return 0
-    from mtl.encoders import resolve_device
+    from mtl.encoders import device_for
 
-    gpu = resolve_device(a.device) != "cpu" and a.backend not in ("onnx", "int8")  # onnx and int8 always run on the CPU
+    gpu = device_for(a.backend, a.device) != "cpu"
     corpus.run(job, encode, ckpt, corpus.ENCODE_SLICE_GPU if gpu else corpus.ENCODE_SLICE)
     return 0
 

@@ -144,6 +144,14 @@ def _warn_duplicates(df: "pd.DataFrame", path: Path) -> None:
         warnings.warn(f"{path}: {int(dup.sum())} duplicate texts (first at line {int(df.loc[dup, 'line'].iloc[0])})", stacklevel=2)
 
 
+NO_LABEL = "(none)"  # how tables and figures show an empty label cell
+
+
+def labels_shown(df: "pd.DataFrame", tasks: Tasks = DEFAULT_TASKS) -> "pd.DataFrame":
+    """A copy with empty label cells shown as NO_LABEL (e.g. the sentiment-only rows' topic), for tables and plots."""
+    return df.fillna({task: NO_LABEL for task in tasks if task in df.columns})
+
+
 def label_ids(df: "pd.DataFrame", tasks: Tasks) -> dict[str, np.ndarray]:
     """Label indices per task; -1 where the row has no label (or the column is absent)."""
     out = {}

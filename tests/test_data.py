@@ -128,3 +128,14 @@ def test_duplicate_texts_warn_once_per_file(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a second read of the same file stays quiet
         load_dataset(p)
+
+
+def test_labels_shown_names_empty_cells_and_leaves_the_data_alone(tmp_path):
+    from mtl.data import NO_LABEL, labels_shown
+
+    p = tmp_path / "d.csv"
+    p.write_text("text,topic,sentiment\nA fine match today,sports,\nThe vote is on Monday,,neutral\n")
+    df = load_dataset(p)
+    shown = labels_shown(df)
+    assert shown["topic"].tolist() == ["sports", NO_LABEL] and shown["sentiment"].tolist() == [NO_LABEL, "neutral"]
+    assert label_ids(df, DEFAULT_TASKS)["topic"].tolist() == [0, -1]  # the original frame keeps its missing labels
