@@ -16,7 +16,9 @@ from mtl import paths
 from mtl.errors import MTLError
 
 CHECK_MARK = "# NBVAL_CHECK_OUTPUT"  # cells whose printed output is compared by nbval
-CHECKED_OUTPUTS = paths.NOTEBOOKS_DIR / "checked_outputs.json"  # {notebook name: {cell id: [stdout outputs]}}
+# {notebook name: [stdout outputs of each checked cell, in notebook order]}. Not keyed by cell id: nbstripout
+# renumbers ids on commit, so a fresh clone's ids differ from the working copy's.
+CHECKED_OUTPUTS = paths.NOTEBOOKS_DIR / "checked_outputs.json"
 
 
 def notebook_list(only: list[str] | None = None) -> list[Path]:
@@ -79,8 +81,8 @@ def refresh_checked_outputs(only: list[str] | None = None) -> list[Path]:
             print(f"refreshing checked outputs of {nb.name}", file=sys.stderr)
             executed = Path(tmp) / nb.name
             pm.execute_notebook(str(nb), str(executed), cwd=str(nb.parent), progress_bar=False, kernel_name="python3")
-            expected[nb.name] = {c["id"]: [o for o in c["outputs"] if o["output_type"] == "stream" and o["name"] == "stdout"]
-                                 for c in json.loads(executed.read_text())["cells"] if c["cell_type"] == "code" and CHECK_MARK in "".join(c["source"])}
+            expected[nb.name] = [[o for o in c["outputs"] if o["output_type"] == "stream" and o["name"] == "stdout"]
+                                 for c in json.loads(executed.read_text())["cells"] if c["cell_type"] == "code" and CHECK_MARK in "".join(c["source"])]
             done.append(nb)
     write_text(CHECKED_OUTPUTS, json.dumps(expected, indent=1, ensure_ascii=False, sort_keys=True) + "\n")
     return done
@@ -92,11 +94,14 @@ def attach_checked_outputs(items) -> None:
     import nbformat
 
     expected = json.loads(CHECKED_OUTPUTS.read_text()) if CHECKED_OUTPUTS.is_file() else {}
+    seen: dict[str, int] = {}  # checked cells met so far per notebook (items come in notebook order)
     for item in items:
         cell = getattr(item, "cell", None)
         if type(item).__name__ != "IPyNbCell" or cell is None or CHECK_MARK not in cell.source:
             continue
-        outputs = expected.get(Path(str(item.fspath)).name, {}).get(cell.get("id"))
+        name = Path(str(item.fspath)).name
+        k = seen[name] = seen.get(name, -1) + 1
+        outputs = expected.get(name, [])[k] if k < len(expected.get(name, [])) else None
         if outputs is None:
             raise MTLError(f"{item.fspath}: a {CHECK_MARK} cell has no expected output in {CHECKED_OUTPUTS.name}; run `make notebook-outputs`")
         # stored one line per list item, as .ipynb files store text; nbval compares the joined string
