@@ -157,6 +157,10 @@ def torch_embedding(model, texts: list[str], span: tuple[int, int] | None):
     """
     feats = model.tokenizer(texts, padding=True, truncation=True, max_length=model.max_seq_length, return_tensors="pt").to(model.device)
     states = model[0].auto_model(**feats, output_hidden_states=True).hidden_states
+    return pooled_embedding(states, feats["attention_mask"], span, cls_pooling(model))
+
+
+def cls_pooling(model) -> bool:
+    """Whether a SentenceTransformer pools by its [CLS] token rather than the mean of its tokens."""
     pool = model[1]
-    cls = bool(getattr(pool, "pooling_mode_cls_token", False)) and not getattr(pool, "pooling_mode_mean_tokens", False)
-    return pooled_embedding(states, feats["attention_mask"], span, cls)
+    return bool(getattr(pool, "pooling_mode_cls_token", False)) and not getattr(pool, "pooling_mode_mean_tokens", False)

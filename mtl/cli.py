@@ -73,6 +73,9 @@ def build_parser() -> Parser:
     t.add_argument("--class-balanced", action="store_true", help="weight each class by inverse frequency in the loss (for macro-recall on skewed data)")
     t.add_argument("--share", choices=("none", "trunk"), default="none",
                    help="none: independent heads; trunk: a shared Linear-ReLU-Dropout layer that every head reads (default: none)")
+    t.add_argument("--prior", choices=("none", "descriptions"), default=TrainConfig.prior,
+                   help="descriptions: linear heads start as the zero-shot classifier (label descriptions) and weight decay "
+                        "pulls them toward it, not toward zero (default: %(default)s)")
     t.add_argument("--trunk-hidden", type=_flag("trunk_hidden"), default=TrainConfig.trunk_hidden, help="width of the shared trunk (default: %(default)s)")
     t.add_argument("--tune", action="store_true",
                    help="choose layers, head, weight decay and sharing by k-fold CV on the training rows (the grid in "
@@ -150,7 +153,7 @@ def cmd_train(a) -> int:
     tasks = parse_tasks(a.tasks)
     cfg = TrainConfig(
         epochs=a.epochs, lr=a.lr, batch_size=a.batch_size, hidden=a.hidden, dropout=a.dropout, weight_decay=a.weight_decay,
-        balance=a.class_balanced, share=a.share, trunk_hidden=a.trunk_hidden,
+        balance=a.class_balanced, share=a.share, trunk_hidden=a.trunk_hidden, prior=a.prior,
         weighting=a.weighting, task_weights=a.task_weights, seed=a.seed, device=a.device,
     )
     layers, record = a.layers, None

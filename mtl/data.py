@@ -83,10 +83,11 @@ def read_table(path: str | Path) -> "pd.DataFrame":
 
 
 def load_dataset(path: str | Path, tasks: Tasks = DEFAULT_TASKS, require_labels: bool = True) -> "pd.DataFrame":
-    """Load a labelled CSV: a `text` column, one column per task present, optional `split`.
+    """Load a labelled CSV: a `text` column, one column per task present, optional `domain` and `split`.
 
-    Empty label cells mean "no label for this task" (masked in loss and metrics).
-    Returns a frame with `text`, `line`, the task columns found and `split` if present.
+    Empty label cells mean "no label for this task" (masked in loss and metrics). `domain` (free text,
+    e.g. "markets") groups rows for leave-one-domain-out CV; it is never a feature.
+    Returns a frame with `text`, `line`, the task columns found and `domain` / `split` if present.
     """
     df = read_table(path)
     path = Path(path)
@@ -118,8 +119,11 @@ def load_dataset(path: str | Path, tasks: Tasks = DEFAULT_TASKS, require_labels:
             raise MTLError(f"{path}: line {int(row['line'])}: split {row['split']!r}, expected train or test")
         df["split"] = split
         _check_leakage(df, path)
+    if "domain" in df.columns:
+        df["domain"] = df["domain"].fillna("").str.strip()
     _warn_duplicates(df, path)
-    return df[["text", "line", *present, *(["split"] if "split" in df.columns else [])]].reset_index(drop=True)
+    extra = [c for c in ("domain", "split") if c in df.columns]
+    return df[["text", "line", *present, *extra]].reset_index(drop=True)
 
 
 def _check_leakage(df: "pd.DataFrame", path: Path) -> None:

@@ -13,7 +13,8 @@ import numpy as np
 
 from mtl import paths
 from mtl.embed import EmbedSpec
-from mtl.tasks import DEFAULT_TASKS, LABEL_DESCRIPTIONS, Tasks
+from mtl.prior import prototypes, zero_shot
+from mtl.tasks import DEFAULT_TASKS, Tasks
 
 METHODS = ("majority", "zero-shot", "logistic regression", "single-task heads", "multi-task heads")
 # The shared-trunk pair is opt-in (`compare(methods=ALL_METHODS)`, `external.sharing_report`), so the default
@@ -44,7 +45,8 @@ def lr_sweep(data: list[str | Path] | None, lrs: list[float], config, spec: Embe
 
     enc, _ = load_encoded([Path(p) for p in (data or [paths.DATA_CSV])], tasks, spec, verbose=False)
     tr, te = enc.split()
-    return {lr: train(tr.x, tr.y, tasks, replace(config, lr=lr, device="cpu"), te.x, te.y)[1] for lr in lrs}
+    prior = prototypes(tasks, spec) if config.prior != "none" else None
+    return {lr: train(tr.x, tr.y, tasks, replace(config, lr=lr, device="cpu"), te.x, te.y, prior=prior)[1] for lr in lrs}
 
 
 def candidates(epochs: int = 30, batch_size: int = 64, seed: int = 0, trunk: bool = True) -> list[tuple[str, object]]:
@@ -68,16 +70,20 @@ def candidates(epochs: int = 30, batch_size: int = 64, seed: int = 0, trunk: boo
 
 
 def cv_select(candidates: list[tuple[str, object]], rows_for: Callable[[str], tuple], task: str | None, metric: str = "macro_recall",
-              folds: int = 5, seed: int = 0, tasks: Tasks = DEFAULT_TASKS):
+              folds: int = 5, seed: int = 0, tasks: Tasks = DEFAULT_TASKS, by_domain: bool = False,
+              prior_for: Callable[[str], dict] | None = None):
     """Pick among (layers, TrainConfig) candidates by stratified k-fold CV on `task`'s `metric`.
 
     `rows_for(layers)` returns (base, pool) `Encoded` rows: the folds split `pool`; `base` rows are
     always in training. `task=None` scores the mean of `metric` over the tasks that have labels in a
-    held-out fold (folds stratified by the combination of labels). Returns (table of mean/sd per
-    candidate, with per-task means when `task` is None; index of the best; the best candidate).
+    held-out fold (folds stratified by the combination of labels). `by_domain`: leave one domain out
+    instead (`pool`'s `domain` column; `folds` is then the number of domains), which measures how a
+    setting carries to text unlike its training rows. `prior_for(layers)`: the label-description vectors
+    for candidates with `prior="descriptions"` (`mtl.prior.prototypes`). Returns (table of mean/sd per candidate, with
+    per-task means when `task` is None; index of the best; the best candidate).
     """
     import pandas as pd
-    from sklearn.model_selection import StratifiedKFold
+    from sklearn.model_selection import LeaveOneGroupOut, StratifiedKFold
 
     from mtl.heads import predict_proba, state_to_numpy
     from mtl.train import train
@@ -88,10 +94,12 @@ def cv_select(candidates: list[tuple[str, object]], rows_for: Callable[[str], tu
         scored = [task] if task else list(tasks)
         strata = pool.y[task] if task else ["/".join(str(pool.y[t][i]) for t in tasks) for i in range(len(pool.x))]
         scores, per_task = [], {t: [] for t in scored}
-        for fit, hold in StratifiedKFold(folds, shuffle=True, random_state=seed).split(pool.x, strata):
+        splits = (LeaveOneGroupOut().split(pool.x, groups=pool.frame["domain"]) if by_domain
+                  else StratifiedKFold(folds, shuffle=True, random_state=seed).split(pool.x, strata))
+        for fit, hold in splits:
             x = np.concatenate([base.x, pool.x[fit]])
             y = {t: np.concatenate([base.y[t], pool.y[t][fit]]) for t in tasks}
-            heads, _, _ = train(x, y, tasks, cfg)
+            heads, _, _ = train(x, y, tasks, cfg, prior=prior_for(layers) if prior_for and cfg.prior != "none" else None)
             probs = predict_proba(state_to_numpy(heads), tasks, pool.x[hold])
             fold = {t: _score(pool.y[t][hold], probs[t].argmax(1), tasks[t]) for t in scored}
             fold = {t: m[metric] for t, m in fold.items() if m["n"]}  # a task without labels in this fold is not scored
@@ -100,22 +108,12 @@ def cv_select(candidates: list[tuple[str, object]], rows_for: Callable[[str], tu
             scores.append(float(np.mean(list(fold.values()))))
         rows.append({"candidate": i, "layers": layers, "hidden": cfg.hidden, "share": cfg.share,
                      "trunk_hidden": cfg.trunk_hidden if cfg.share == "trunk" else 0, "dropout": cfg.dropout, "lr": cfg.lr,
-                     "epochs": cfg.epochs, "balance": cfg.balance, "weight_decay": cfg.weight_decay,
+                     "epochs": cfg.epochs, "balance": cfg.balance, "weight_decay": cfg.weight_decay, "prior": cfg.prior,
                      f"cv_{metric}_mean": float(np.mean(scores)), f"cv_{metric}_sd": float(np.std(scores, ddof=1)),
                      **({f"cv_{t}_{metric}": float(np.mean(v)) for t, v in per_task.items()} if task is None else {})})
     table = pd.DataFrame(rows).set_index("candidate")
     best = int(table[f"cv_{metric}_mean"].idxmax())
     return table, best, candidates[best]
-
-
-def _zero_shot_prototypes(tasks: Tasks, spec: EmbedSpec | None) -> dict[str, np.ndarray]:
-    from mtl.embed import encode
-
-    out = {}
-    for task, labels in tasks.items():
-        desc = [LABEL_DESCRIPTIONS.get(task, {}).get(lab, lab) for lab in labels]
-        out[task] = encode(desc, spec)[0]
-    return out
 
 
 def _fit_predict(method: str, x_tr, y_tr, x_te, tasks: Tasks, config, protos) -> dict[str, np.ndarray]:
@@ -128,8 +126,9 @@ def _fit_predict(method: str, x_tr, y_tr, x_te, tasks: Tasks, config, protos) ->
 
     if method in SHARING:
         config = replace(config, **SHARING[method])
+    prior = protos if config.prior != "none" else None
     if method.startswith("multi-task"):
-        heads, _, _ = train(x_tr, y_tr, tasks, config)
+        heads, _, _ = train(x_tr, y_tr, tasks, config, prior=prior)
         return {t: p.argmax(1) for t, p in predict_proba(state_to_numpy(heads), tasks, x_te).items()}
     preds = {}
     for task, labels in tasks.items():
@@ -137,24 +136,25 @@ def _fit_predict(method: str, x_tr, y_tr, x_te, tasks: Tasks, config, protos) ->
         if method == "majority":
             preds[task] = DummyClassifier(strategy="most_frequent").fit(x_tr[m], y_tr[task][m]).predict(x_te)
         elif method == "zero-shot":
-            preds[task] = (x_te @ protos[task].T).argmax(1)
+            preds[task] = zero_shot(x_te, protos[task])
         elif method == "logistic regression":
             preds[task] = LogisticRegression(max_iter=2000, C=1.0, random_state=config.seed).fit(x_tr[m], y_tr[task][m]).predict(x_te)
         elif method.startswith("single-task"):
             one = {task: labels}
-            heads, _, _ = train(x_tr[m], {task: y_tr[task][m]}, one, config)
+            heads, _, _ = train(x_tr[m], {task: y_tr[task][m]}, one, config, prior=prior)
             preds[task] = predict_proba(state_to_numpy(heads), one, x_te)[task].argmax(1)
     return preds
 
 
 def adapt_predict(method: str, texts_tr: list[str], x_tr: np.ndarray, y_tr: dict, texts_te: list[str], tasks: Tasks, config,
-                  adapt=None) -> dict[str, np.ndarray]:
+                  adapt=None, prefix=None) -> dict[str, np.ndarray]:
     """Predicted label ids per task for `texts_te` from an adapted backbone (sharing mode (b)).
 
     Heads are first trained on the frozen features `x_tr` with `config`, then the top `adapt.unfreeze`
     layers and the heads train together (linear probe, then fine-tune). "multi-task adapted": one backbone
     copy for all tasks, masked joint loss on all rows. "single-task adapted": one copy per task, trained on
-    that task's rows only; each copy has the same trainable capacity as the shared one.
+    that task's rows only; each copy has the same trainable capacity as the shared one. `prefix`
+    (`finetune.Prefix`, last layer pooled): the frozen layers' states, shared by every call that passes it.
     """
     from mtl.finetune import Adapt, finetune, predict_finetuned
     from mtl.train import train
@@ -166,10 +166,10 @@ def adapt_predict(method: str, texts_tr: list[str], x_tr: np.ndarray, y_tr: dict
         rows = np.flatnonzero(np.any([y_tr[t] >= 0 for t in group], axis=0))
         ys = {t: y_tr[t][rows] for t in group}
         init, _, _ = train(x_tr[rows], ys, group, replace(config, share="none"))
-        model, heads, span, _ = finetune([texts_tr[i] for i in rows], ys, group, unfreeze=adapt.unfreeze, epochs=adapt.epochs,
-                                         lr_backbone=adapt.lr_backbone, lr_heads=adapt.lr_heads, balance=config.balance,
-                                         seed=config.seed, init_heads=init, verbose=False)
-        probs = predict_finetuned(model, heads, texts_te, group, span)
+        model, heads, prefix, _ = finetune([texts_tr[i] for i in rows], ys, group, unfreeze=adapt.unfreeze, epochs=adapt.epochs,
+                                           lr_backbone=adapt.lr_backbone, lr_heads=adapt.lr_heads, balance=config.balance,
+                                           seed=config.seed, init_heads=init, verbose=False, prefix=prefix)
+        probs = predict_finetuned(model, heads, texts_te, group, prefix)
         preds.update({t: p.argmax(1) for t, p in probs.items()})
     return preds
 
@@ -197,7 +197,7 @@ def compare(data: list[str | Path] | None = None, model: str | Path | None = Non
     tr, te = enc.split()
     cell = ["/".join(str(v[i]) for v in tr.y.values()) for i in range(len(tr.x))]
     splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=config.seed)
-    protos = _zero_shot_prototypes(tasks, spec)
+    protos = prototypes(tasks, spec)
     rows = []
     for method in methods:
         cv = {t: [] for t in tasks}
@@ -235,4 +235,29 @@ def tune(data: list[str | Path], tasks: Tasks = DEFAULT_TASKS, spec: EmbedSpec |
         train_rows = load_encoded(files, tasks, replace(spec, layers=layers), verbose=False)[0].split()[0]
         return train_rows.rows(np.zeros(len(train_rows.x), bool)), train_rows  # nothing fixed: the folds split every train row
 
-    return cv_select(grid or candidates(seed=seed), rows_for, None, metric, folds, seed, tasks)
+    return cv_select(grid or candidates(seed=seed), rows_for, None, metric, folds, seed, tasks,
+                     prior_for=functools.cache(lambda layers: prototypes(tasks, replace(spec, layers=layers))))
+
+
+# The grid behind TrainConfig's default weight decay and prior (README "Default model").
+DEFAULT_CV_WEIGHT_DECAYS = (0.0, 1e-4, 1e-3, 3e-3, 1e-2, 3e-2)
+
+
+def default_cv(weight_decays: tuple[float, ...] = DEFAULT_CV_WEIGHT_DECAYS, priors: tuple[str, ...] = ("none", "descriptions"),
+               data: str | Path | None = None, spec: EmbedSpec | None = None):
+    """How the default head was chosen: leave-one-domain-out CV on the curated **train** rows.
+
+    Each held-out fold is one `domain` of the data card (sport, politics, news wire, markets, ...), so
+    the score is sentiment accuracy on a domain the head never saw: what item "generalise without
+    peeking" asks of the default sentiment head. Candidates: `TrainConfig()` with each prior x weight
+    decay. Report-only sets play no part. Returns `cv_select`'s (table, index of the best, candidate).
+    """
+    from mtl.pipeline import load_encoded
+    from mtl.train import TrainConfig
+
+    spec = replace(spec or EmbedSpec(backend="onnx"), layers="last")
+    train_rows = load_encoded([Path(data or paths.DATA_CSV)], DEFAULT_TASKS, spec, verbose=False)[0].split()[0]
+    grid = [("last", TrainConfig(prior=p, weight_decay=wd)) for p in priors for wd in weight_decays]
+    protos = prototypes(DEFAULT_TASKS, spec)
+    return cv_select(grid, lambda _: (train_rows.rows(np.zeros(len(train_rows.x), bool)), train_rows), "sentiment", "accuracy",
+                     seed=0, by_domain=True, prior_for=lambda _: protos)

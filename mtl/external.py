@@ -135,16 +135,85 @@ def finetune_report(folder: Path, unfreeze: int, epochs: int = 2, lr_backbone: f
     enc, _ = load_encoded([paths.DATA_CSV, folder / BBC, folder / TWEET_VAL], spec=replace(spec or EmbedSpec(), layers=layers), verbose=False)
     enc = enc.split()[0]  # curated test rows stay held out
     init = train(enc.x, enc.y, DEFAULT_TASKS, replace(head_cfg, seed=seed))[0] if head_cfg else None
-    model, heads, span, train_s = finetune(list(enc.frame["text"]), enc.y, DEFAULT_TASKS, unfreeze=unfreeze, epochs=epochs,
+    model, heads, prefix, train_s = finetune(list(enc.frame["text"]), enc.y, DEFAULT_TASKS, unfreeze=unfreeze, epochs=epochs,
                                            lr_backbone=lr_backbone, lr_heads=1e-4 if init is not None else 1e-3, seed=seed,
                                            layers=layers, init_heads=init)
     test = load_dataset(folder / TWEET_TEST)
     start = time.perf_counter()
-    probs = predict_finetuned(model, heads, list(test["text"]), DEFAULT_TASKS, span)
+    probs = predict_finetuned(model, heads, list(test["text"]), DEFAULT_TASKS, prefix)
     scores = _sentiment_scores(label_ids(test, DEFAULT_TASKS)["sentiment"], probs["sentiment"].argmax(1))
     return pd.Series({"unfreeze": unfreeze, "epochs": epochs, "layers": layers, "heads_start": "frozen (b) heads" if init is not None else "random",
                       **scores,
                       "train_seconds": train_s, "test_encode_seconds": time.perf_counter() - start})
+
+
+def adapt_cv_report(folder: Path, chosen: tuple, model_b=None, unfreezes: tuple[int, ...] = (2, 3), max_epochs: int = 4, folds: int = 3,
+                    lr_backbone: float = 3e-5, seed: int = 0, n_boot: int = 1000, spec: EmbedSpec | None = None):
+    """The stretch recipe: one adapted backbone shared by both tasks, trained on curated train + BBC + TweetEval
+    val with the masked joint loss, its settings chosen by k-fold CV on **val only**, then scored once on test.
+
+    CV: val is split into `folds` (stratified); curated train + BBC are always in training. Each fold and each
+    `unfreezes` value trains once for `max_epochs` epochs and scores the held-out val fold after every
+    epoch, so (unfreeze, epochs) is chosen from one run per fold. Heads start from the frozen `chosen`
+    (layers, TrainConfig) heads (linear probe, then fine-tune). The winner is trained on all rows (timed)
+    and scored on TweetEval test with a bootstrap CI, and paired against `model_b` (frozen (b)) if given.
+    Returns (cv table, result Series).
+    """
+    import pandas as pd
+    from sklearn.model_selection import StratifiedKFold
+
+    from mtl.backbone import num_layers, parse_layers, resolve_backbone
+    from mtl.evaluate import metric as metric_of
+    from mtl.finetune import Prefix, finetune, predict_finetuned
+    from mtl.heads import predict_proba
+    from mtl.pipeline import load_encoded
+    from mtl.stats import bootstrap_ci, paired_bootstrap
+    from mtl.train import train
+
+    layers, head_cfg = chosen
+    spec = replace(spec or EmbedSpec(), layers=layers)
+    base = load_encoded([paths.DATA_CSV, folder / BBC], spec=spec, verbose=False)[0].split()[0]  # curated test rows stay held out
+    val = load_encoded([folder / TWEET_VAL], spec=spec, verbose=False)[0]
+    k = len(DEFAULT_TASKS["sentiment"])
+    n_layers, span = num_layers(resolve_backbone()), parse_layers(layers, num_layers(resolve_backbone()))
+    prefixes = {u: Prefix(n_layers - u, span) for u in unfreezes}  # one per unfreeze value, shared by its folds and the final fit
+
+    def fit(rows_base, rows_val, unfreeze: int, epochs: int, on_epoch=None):
+        x = np.concatenate([rows_base.x, rows_val.x])
+        y = {t: np.concatenate([rows_base.y[t], rows_val.y[t]]) for t in DEFAULT_TASKS}
+        texts = list(rows_base.frame["text"]) + list(rows_val.frame["text"])
+        init, _, _ = train(x, y, DEFAULT_TASKS, replace(head_cfg, seed=seed))
+        return finetune(texts, y, DEFAULT_TASKS, unfreeze=unfreeze, epochs=epochs, lr_backbone=lr_backbone, lr_heads=1e-4,
+                        balance=True, seed=seed, layers=layers, init_heads=init, verbose=False, prefix=prefixes[unfreeze], on_epoch=on_epoch)
+
+    scores = {(u, e): [] for u in unfreezes for e in range(1, max_epochs + 1)}
+    y_val = val.y["sentiment"]
+    for fold, (fit_idx, hold_idx) in enumerate(StratifiedKFold(folds, shuffle=True, random_state=seed).split(val.x, y_val)):
+        hold = val.rows(np.isin(np.arange(len(val.x)), hold_idx))
+        texts_hold = list(hold.frame["text"])
+        for u in unfreezes:
+            def score(epoch, model, heads, prefix, u=u):
+                p = predict_finetuned(model, heads, texts_hold, DEFAULT_TASKS, prefix)["sentiment"].argmax(1)
+                scores[(u, epoch)].append(metric_of("macro_recall", hold.y["sentiment"], p, k))
+            fit(base, val.rows(np.isin(np.arange(len(val.x)), fit_idx)), u, max_epochs, score)
+    cv = pd.DataFrame([{"unfreeze": u, "epochs": e, "cv_macro_recall_mean": float(np.mean(v)), "cv_macro_recall_sd": float(np.std(v, ddof=1))}
+                       for (u, e), v in scores.items()])
+    best = cv.loc[cv["cv_macro_recall_mean"].idxmax()]
+    unfreeze, epochs = int(best["unfreeze"]), int(best["epochs"])
+    prefixes[unfreeze] = Prefix(n_layers - unfreeze, span)  # fresh, so the time below includes running the frozen layers once
+    model, heads, prefix, train_s = fit(base, val, unfreeze, epochs)
+    test = load_encoded([folder / TWEET_TEST], spec=spec, verbose=False)[0]
+    y = test.y["sentiment"]
+    pred = predict_finetuned(model, heads, list(test.frame["text"]), DEFAULT_TASKS, prefix)["sentiment"].argmax(1)
+    ci = bootstrap_ci(y, pred, "macro_recall", n=n_boot, n_labels=k, seed=seed)
+    out = {"unfreeze": unfreeze, "epochs": epochs, "layers": layers, "lr_backbone": lr_backbone, "cv_macro_recall": float(best["cv_macro_recall_mean"]),
+           "test_macro_recall": ci.estimate, "ci_lo": ci.lo, "ci_hi": ci.hi, "n_test": ci.n_items, "n_train": len(base.x) + len(val.x),
+           "train_seconds": train_s}
+    if model_b is not None:
+        frozen = predict_proba(model_b.state, {"sentiment": DEFAULT_TASKS["sentiment"]}, test.x)["sentiment"].argmax(1)
+        d = paired_bootstrap(y, [pred], [frozen], "macro_recall", n=n_boot, n_labels=k, seed=seed)
+        out.update({"minus_frozen_b": d.estimate, "minus_frozen_b_lo": d.lo, "minus_frozen_b_hi": d.hi})
+    return cv, pd.Series(out)
 
 
 def report_sets(folder: str | Path | None = None, names: list[str] | None = None) -> dict[str, tuple[Path, str, str]]:
@@ -239,10 +308,16 @@ def sharing_report(config, seeds: tuple[int, ...] = (0, 1, 2), folder: str | Pat
     cuts = np.cumsum([0] + [len(t[1]) for t in targets.values()])
     methods = list(dict.fromkeys(m for pair in pairs for m in pair))
     preds: dict[str, dict[str, list]] = {m: {name: [] for name in targets} for m in methods}
+    prefix = None  # the frozen layers' states: computed by the first adapted model, reused by the rest
+    if any(m in ADAPTED_METHODS for m in methods):
+        from mtl.backbone import num_layers, resolve_backbone
+        from mtl.finetune import Adapt, Prefix
+
+        prefix = Prefix(num_layers(resolve_backbone()) - (adapt or Adapt()).unfreeze, None)
     for seed in seeds:
         for method in methods:
             cfg = replace(config, seed=seed)
-            out = (adapt_predict(method, texts_tr, tr.x, tr.y, texts_all, DEFAULT_TASKS, cfg, adapt) if method in ADAPTED_METHODS
+            out = (adapt_predict(method, texts_tr, tr.x, tr.y, texts_all, DEFAULT_TASKS, cfg, adapt, prefix) if method in ADAPTED_METHODS
                    else _fit_predict(method, tr.x, tr.y, x_all, DEFAULT_TASKS, cfg, None))
             for i, (name, target) in enumerate(targets.items()):
                 preds[method][name].append(out[target[3]][cuts[i]:cuts[i + 1]])

@@ -48,6 +48,7 @@ RULES: dict[str, tuple[Callable[[object], bool], str]] = {
     "max_mb": POSITIVE_NUMBER,
     "older_than": NONNEG_INT,
     "share": _choices("none", "trunk"),
+    "prior": _choices("none", "descriptions"),
     "trunk_hidden": POSITIVE_INT,
 }
 

@@ -20,7 +20,7 @@ from mtl.tasks import DEFAULT_TASKS, Tasks
 class Encoded:
     """A labelled table with its embeddings and label ids (-1 = no label)."""
 
-    frame: "object"  # pandas.DataFrame with text, line, task columns, split, source
+    frame: "object"  # pandas.DataFrame with text, line, task columns, domain, split, source
     x: np.ndarray
     y: dict[str, np.ndarray]
 
@@ -49,6 +49,8 @@ def load_encoded(data: list[str | Path], tasks: Tasks = DEFAULT_TASKS, spec: Emb
         df["source"] = Path(path).name
         if "split" not in df.columns:
             df["split"] = "train"
+        if "domain" not in df.columns:  # a file without domains is one domain (for leave-one-domain-out CV)
+            df["domain"] = Path(path).stem
         frames.append(df)
     frame = pd.concat(frames, ignore_index=True)
     x, stats = encode(list(frame["text"]), spec, verbose=verbose)
@@ -105,7 +107,12 @@ def train_from_csv(
             )
             print(f"epoch {row['epoch']:>4}/{config.epochs}  loss {row['train_loss']:.4f}  {accs}", file=sys.stderr)
 
-    heads, history, log_vars = train(tr.x, tr.y, tasks, config, te.x if len(te.x) else None, te.y if len(te.x) else None, report)
+    prior = None
+    if config.prior == "descriptions":
+        from mtl.prior import prototypes
+
+        prior = prototypes(tasks, spec)
+    heads, history, log_vars = train(tr.x, tr.y, tasks, config, te.x if len(te.x) else None, te.y if len(te.x) else None, report, prior)
     state = state_to_numpy(heads)
     metrics: dict = {"train": evaluate(predict_proba(state, tasks, tr.x), tr.y, tasks)}
     if len(te.x):

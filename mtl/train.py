@@ -33,6 +33,9 @@ class TrainConfig:
     balance: bool = False  # weight classes by inverse frequency (helps macro-recall on skewed data)
     share: str = "none"  # "trunk": a shared Linear-ReLU-Dropout (384 -> trunk_hidden) that every head reads
     trunk_hidden: int = 256  # width of the shared trunk (used only with share="trunk")
+    # "descriptions": each linear head starts as the zero-shot classifier (cosine to its label descriptions,
+    # `mtl.prior`) and weight decay pulls it back toward that classifier rather than toward zero.
+    prior: str = "none"
     seed: int = 0
     device: str = "cpu"
 
@@ -40,6 +43,8 @@ class TrainConfig:
         from mtl import params
 
         params.check(**{k: v for k, v in asdict(self).items() if k != "task_weights"})
+        if self.prior != "none" and (self.hidden or self.share != "none"):
+            raise MTLError(f"prior {self.prior!r}: needs linear heads (hidden 0, share none), got hidden {self.hidden}, share {self.share!r}")
         for task, w in self.task_weights.items():
             if params.problem("lr", w) is not None:  # same rule: a positive finite number
                 raise MTLError(f"task weight {task}: expected a positive number, got {w!r}")
@@ -88,11 +93,14 @@ def train(
     x_test: np.ndarray | None = None,
     y_test: dict[str, np.ndarray] | None = None,
     on_epoch: Callable[[dict], None] | None = None,
+    prior: dict[str, np.ndarray] | None = None,
 ):
     """Train one head per task; return (heads, history rows, learned log-variances or None).
 
     Rows with label -1 for a task are left out of that task's loss. History rows hold,
     per epoch: joint and per-task train loss, and train/test loss and accuracy per task.
+    `prior` (task -> label-description vectors, `mtl.prior.prototypes`) is needed when `config.prior`
+    is "descriptions"; the returned heads are plain linear heads either way.
     """
     import torch
 
@@ -104,22 +112,28 @@ def train(
         # busy 2-core machine OpenMP spin-waiting made 20 epochs take 2-7 s instead of 0.4 s (measured).
         torch.set_num_threads(1)
     try:
-        return _train(x_train, y_train, tasks, config, x_test, y_test, on_epoch, dev)
+        return _train(x_train, y_train, tasks, config, x_test, y_test, on_epoch, dev, prior)
     finally:
         torch.set_num_threads(threads)
 
 
-def _train(x_train, y_train, tasks, config, x_test, y_test, on_epoch, dev):
+def _train(x_train, y_train, tasks, config, x_test, y_test, on_epoch, dev, prior):
     """The training loop itself (see `train`)."""
     import torch
     import torch.nn.functional as F
 
+    from mtl import prior as P
     from mtl.heads import build_heads, forward
 
-    heads = build_heads(tasks, x_train.shape[1], config.hidden, config.dropout, trunk_width(config)).to(dev)
+    plain = build_heads(tasks, x_train.shape[1], config.hidden, config.dropout, trunk_width(config)).to(dev)
+    heads = P.wrap(plain, tasks, prior, dev) if config.prior == "descriptions" else plain
     log_vars = torch.nn.Parameter(torch.zeros(len(tasks), device=dev)) if config.weighting == "uncertainty" else None
-    params = list(heads.parameters()) + ([log_vars] if log_vars is not None else [])
-    opt = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    # Weight decay acts on the heads (with a prior: on their offset from it, not on the prior's scales).
+    named = list(heads.named_parameters())
+    groups = [{"params": [p for n, p in named if not P.is_scale(n)] + ([log_vars] if log_vars is not None else [])}]
+    if scales := [p for n, p in named if P.is_scale(n)]:
+        groups.append({"params": scales, "weight_decay": 0.0})
+    opt = torch.optim.Adam(groups, lr=config.lr, weight_decay=config.weight_decay)
     weights = {t: float(config.task_weights.get(t, 1.0)) for t in tasks}
 
     X = torch.as_tensor(x_train, dtype=torch.float32, device=dev)
@@ -180,4 +194,6 @@ def _train(x_train, y_train, tasks, config, x_test, y_test, on_epoch, dev):
         if on_epoch is not None:
             on_epoch(row)
     learned = log_vars.detach().cpu().numpy().tolist() if log_vars is not None else None
+    if config.prior == "descriptions":
+        heads = P.fold(heads, plain)
     return heads.cpu(), history, learned

@@ -23,6 +23,15 @@ def test_shipped_data_has_sixty_per_cell_and_a_fixed_stratified_split(df):
     assert share.between(0.2, 0.3).all(), share
 
 
+def test_every_shipped_row_names_its_domain_and_each_domain_is_split(df):
+    # leave-one-domain-out CV (experiments.default_cv) needs every row in a domain, and a quarter of each held out
+    assert (df["domain"] != "").all()
+    assert df["domain"].nunique() == 16
+    share = df.groupby(["domain", "sentiment"])["split"].apply(lambda s: (s == "test").mean())
+    assert share.between(0.2, 0.3).all(), share
+    assert set(df.loc[df["topic"].isna(), "domain"]).isdisjoint({"sport", "politics", "news wire"})
+
+
 def test_shipped_data_has_no_duplicates_after_folding(df):
     assert not df["text"].map(normalise).duplicated().any()
 

@@ -210,6 +210,7 @@ def test_finetune_trains_only_the_top_layers_and_pools_like_the_frozen_path(tmp_
 
     from mtl.backbone import resolve_backbone, torch_embedding
     from mtl.data import label_ids, load_dataset
+    from mtl.embed import backbone_text
     from mtl.finetune import finetune, load_sentence_transformer, predict_finetuned
 
     df = load_dataset(paths.DATA_CSV).head(40)
@@ -223,12 +224,56 @@ def test_finetune_trains_only_the_top_layers_and_pools_like_the_frozen_path(tmp_
         same = torch_embedding(fresh, list(df["text"][:5]), (4, 6)).numpy()
     assert (same * x[:5]).sum(1).min() >= 0.9999  # fine-tuning starts from exactly the frozen features
 
-    model, heads, span, _ = finetune(list(df["text"]), y, DEFAULT_TASKS, unfreeze=1, epochs=1, layers="4-6", init_heads=init, verbose=False)
-    assert span == (4, 6)
+    seen = []  # on_epoch runs after each epoch, in eval mode (CV scores every epoch count from one run)
+    model, heads, prefix, _ = finetune(list(df["text"]), y, DEFAULT_TASKS, unfreeze=1, epochs=2, layers="4-6", init_heads=init, verbose=False,
+                                       on_epoch=lambda e, m, h, p: seen.append((e, m.training, h.training)))
+    assert seen == [(1, False, False), (2, False, False)]
+    assert (prefix.frozen, prefix.span) == (5, (4, 6))
+    with torch.no_grad():  # the stored frozen-layer states + top layer give what the whole backbone gives
+        texts = [backbone_text(t) for t in df["text"][:7]]
+        np.testing.assert_allclose(prefix.embedding(model, texts).numpy(), torch_embedding(model, texts, (4, 6)).numpy(), atol=2e-5)
     old, new = fresh[0].auto_model.encoder.layer, model[0].auto_model.encoder.layer
     assert all(torch.equal(a, b) for i in range(5) for a, b in zip(old[i].parameters(), new[i].parameters()))
     assert not all(torch.equal(a, b) for a, b in zip(old[5].parameters(), new[5].parameters()))
     assert all(torch.equal(before[k], v) for k, v in init.state_dict().items())  # the caller's heads are copied, not changed
-    probs = predict_finetuned(model, heads, ["A late goal won the cup 😍", "The vote was delayed."], DEFAULT_TASKS, span)
+    probs = predict_finetuned(model, heads, ["A late goal won the cup 😍", "The vote was delayed."], DEFAULT_TASKS, prefix)
     assert probs["sentiment"].shape == (2, 3)
     np.testing.assert_allclose(probs["topic"].sum(1), 1, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def curated_train():
+    """Curated train rows, their (cached) embeddings and the label-description vectors."""
+    from mtl.pipeline import load_encoded
+    from mtl.prior import prototypes
+
+    spec = EmbedSpec(backend="onnx")
+    tr = load_encoded([paths.DATA_CSV], DEFAULT_TASKS, spec, verbose=False)[0].split()[0]
+    return tr, prototypes(DEFAULT_TASKS, spec)
+
+
+def test_prior_head_starts_as_the_zero_shot_classifier_and_learns_away_from_it(curated_train):
+    from mtl.prior import zero_shot
+
+    tr, protos = curated_train
+    m = tr.y["sentiment"] >= 0
+    x, y = tr.x[m], {"sentiment": tr.y["sentiment"][m]}
+    one = {"sentiment": DEFAULT_TASKS["sentiment"]}
+    zs = zero_shot(x, protos["sentiment"])
+
+    def fit(**kw):
+        heads, _, _ = train(x, y, one, TrainConfig(prior="descriptions", **kw), prior=protos)
+        return predict_proba(state_to_numpy(heads), one, x)["sentiment"].argmax(1)
+
+    assert (fit(epochs=1, lr=1e-7) == zs).all()  # Δ = 0: exactly the zero-shot classifier, folded into a plain head
+    assert (fit(epochs=20, weight_decay=1.0) == zs).mean() >= 0.9  # strong decay keeps it near the prior
+    free = fit(epochs=30, weight_decay=0.0)
+    assert (free == y["sentiment"]).mean() >= (zs == y["sentiment"]).mean() + 0.2  # weak decay: it learns from the rows
+
+
+def test_prior_needs_its_vectors_and_linear_heads(curated_train):
+    tr, _ = curated_train
+    with pytest.raises(MTLError, match="label-description vectors"):
+        train(tr.x, tr.y, DEFAULT_TASKS, TrainConfig(epochs=1, prior="descriptions"))
+    with pytest.raises(MTLError, match="needs linear heads"):
+        TrainConfig(prior="descriptions", share="trunk")

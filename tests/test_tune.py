@@ -70,3 +70,28 @@ def test_bad_knob_flags_are_one_line_errors(argv, needle, capsys):
         main(["train", *argv])
     err = capsys.readouterr().err
     assert exc.value.code == 2 and needle in err and len(err.strip().splitlines()) == 1
+
+
+def test_default_cv_leaves_one_domain_out_and_reads_only_curated_data(monkeypatch, opened):
+    from dataclasses import replace
+
+    import pandas as pd
+
+    from mtl import paths
+    from mtl import train as train_module
+
+    fits: list[int] = []
+    real = train_module.train
+
+    def quick(x, y, tasks, cfg, *args, **kw):  # one epoch: this checks the folds, not the scores
+        fits.append(len(x))
+        return real(x, y, tasks, replace(cfg, epochs=1), *args, **kw)
+
+    monkeypatch.setattr(train_module, "train", quick)
+    table, best, (layers, cfg) = experiments.default_cv(weight_decays=(1e-2,), priors=("none", "descriptions"))
+    df = pd.read_csv(paths.DATA_CSV)
+    sizes = df[df["split"] == "train"].groupby("domain").size()
+    assert sorted(fits) == sorted(2 * [int(sizes.sum() - n) for n in sizes])  # per candidate: each domain held out once
+    assert list(table["prior"]) == ["none", "descriptions"] and "cv_accuracy_mean" in table
+    assert cfg == TrainConfig(prior=cfg.prior, weight_decay=1e-2) and layers == "last"
+    assert opened and not [p for p in opened if any(name in p for name in REPORT_ONLY)]
