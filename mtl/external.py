@@ -188,12 +188,11 @@ def adapt_cv_report(folder: Path, chosen: tuple, model_b=None, unfreezes: tuple[
 
     scores = {(u, e): [] for u in unfreezes for e in range(1, max_epochs + 1)}
     y_val = val.y["sentiment"]
-    for fold, (fit_idx, hold_idx) in enumerate(StratifiedKFold(folds, shuffle=True, random_state=seed).split(val.x, y_val)):
+    for fit_idx, hold_idx in StratifiedKFold(folds, shuffle=True, random_state=seed).split(val.x, y_val):
         hold = val.rows(np.isin(np.arange(len(val.x)), hold_idx))
-        texts_hold = list(hold.frame["text"])
         for u in unfreezes:
-            def score(epoch, model, heads, prefix, u=u):
-                p = predict_finetuned(model, heads, texts_hold, DEFAULT_TASKS, prefix)["sentiment"].argmax(1)
+            def score(epoch, model, heads, prefix, u=u, hold=hold):
+                p = predict_finetuned(model, heads, list(hold.frame["text"]), DEFAULT_TASKS, prefix)["sentiment"].argmax(1)
                 scores[(u, epoch)].append(metric_of("macro_recall", hold.y["sentiment"], p, k))
             fit(base, val.rows(np.isin(np.arange(len(val.x)), fit_idx)), u, max_epochs, score)
     cv = pd.DataFrame([{"unfreeze": u, "epochs": e, "cv_macro_recall_mean": float(np.mean(v)), "cv_macro_recall_sd": float(np.std(v, ddof=1))}
