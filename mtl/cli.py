@@ -358,10 +358,17 @@ def cmd_evaluate(a) -> int:
 
 
 def param_value(text: str):
-    """`-p NAME VALUE`: numbers, lists and booleans as JSON; anything else (e.g. "4-6", "cpu") stays a string."""
+    """`-p NAME VALUE`: numbers, lists and booleans as JSON or Python literals (`true` and `True` alike, so
+    `-p quick False` is False, not the truthy string "False"); anything else (e.g. "4-6", "cpu") stays a string."""
+    import ast
+
     try:
         return json.loads(text)
     except ValueError:
+        pass
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
         return text
 
 

@@ -72,7 +72,8 @@ def test_layers_flag_is_stored_and_used_by_predict(tmp_path):
     np.testing.assert_allclose([list(g.values()) for g in got], want, atol=1e-3)
 
 
-@pytest.mark.parametrize("text, want", [("20", 20), ("1e-3", 1e-3), ("true", True), ("[1, 2]", [1, 2]), ("4-6", "4-6"), ("cpu", "cpu"), ("-3", -3)])
+@pytest.mark.parametrize("text, want", [("20", 20), ("1e-3", 1e-3), ("true", True), ("[1, 2]", [1, 2]), ("4-6", "4-6"), ("cpu", "cpu"), ("-3", -3),
+                                        ("True", True), ("False", False), ("3-6", "3-6"), ("runs/x", "runs/x")])
 def test_notebook_parameter_values(text, want):
     from mtl.cli import param_value
 
