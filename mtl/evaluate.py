@@ -62,6 +62,24 @@ def summary(metrics: dict[str, dict]):
     return pd.DataFrame({t: {k: m[k] for k in cols} for t, m in metrics.items() if m.get("n")}).T.astype({"n": int}).round(3)
 
 
+def by_group(frame, probs: dict[str, np.ndarray], tasks: Tasks, column: str = "domain"):
+    """Per value of `column` (e.g. the data card's domains): each task's labelled rows and accuracy (blank: no labels)."""
+    import pandas as pd
+
+    from mtl.data import label_ids
+
+    y = label_ids(frame, tasks)
+    rows = []
+    for group, idx in sorted(frame.groupby(column).indices.items()):
+        row = {column: group}
+        for task in tasks:
+            m = idx[y[task][idx] >= 0]
+            row[f"{task} n"] = len(m) if len(m) else ""
+            row[f"{task} accuracy"] = f"{metric('accuracy', y[task][m], probs[task][m].argmax(1), len(tasks[task])):.3f}" if len(m) else ""
+        rows.append(row)
+    return pd.DataFrame(rows).set_index(column)
+
+
 def misclassified(frame, probs: dict[str, np.ndarray], tasks: Tasks):
     """Rows whose predicted label differs from the labelled one, with the predicted probability."""
     import pandas as pd

@@ -277,3 +277,18 @@ def test_prior_needs_its_vectors_and_linear_heads(curated_train):
         train(tr.x, tr.y, DEFAULT_TASKS, TrainConfig(epochs=1, prior="descriptions"))
     with pytest.raises(MTLError, match="needs linear heads"):
         TrainConfig(prior="descriptions", share="trunk")
+
+
+def test_by_group_scores_each_domain_on_its_labelled_rows_only():
+    import pandas as pd
+
+    from mtl.evaluate import by_group
+
+    frame = pd.DataFrame({"text": list("abcd"), "topic": ["sports", "politics", None, None],
+                          "sentiment": ["positive", "negative", "neutral", "neutral"], "domain": ["x", "x", "y", "y"]})
+    probs = {"topic": np.array([[0.9, 0.1], [0.8, 0.2], [0.5, 0.5], [0.5, 0.5]]),
+             "sentiment": np.array([[0, 0, 1], [1, 0, 0], [0, 1, 0], [1, 0, 0]], dtype=float)}
+    table = by_group(frame, probs, DEFAULT_TASKS)
+    assert table.loc["x", "topic accuracy"] == "0.500" and table.loc["x", "topic n"] == 2
+    assert table.loc["y", "topic n"] == "" and table.loc["y", "sentiment accuracy"] == "0.500"
+    assert table.loc["x", "sentiment accuracy"] == "1.000"
