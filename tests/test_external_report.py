@@ -37,3 +37,35 @@ def test_checkpoint_report_gives_each_set_a_ci_around_its_score(tmp_path):
 def test_every_report_set_names_a_task_and_a_metric_the_project_scores(name):
     file, task, metric = external.REPORT_SETS[name]
     assert file.endswith(".csv") and task in ("topic", "sentiment") and metric in ("accuracy", "macro_recall")
+
+
+@pytest.mark.slow
+def test_adapt_cv_report_chooses_on_val_folds_then_reads_test_once(tmp_path, monkeypatch):
+    """The stretch recipe on small samples of the real files (written to tmp, never into the repo)."""
+    import pandas as pd
+
+    from conftest import external as external_file
+    from mtl import data as data_module
+    from mtl.checkpoint import Checkpoint
+    from mtl.heads import build_heads, state_to_numpy
+    from mtl.tasks import DEFAULT_TASKS
+
+    from mtl import paths
+
+    for name, n in ((external.BBC, 40), (external.TWEET_VAL, 60), (external.TWEET_TEST, 60)):
+        pd.read_csv(external_file(name)).sample(n, random_state=0).to_csv(tmp_path / name, index=False)
+    curated = pd.read_csv(paths.DATA_CSV)
+    curated = curated[curated["split"] == "train"].sample(60, random_state=0)  # the curated rows are always in training: keep it small
+    curated.to_csv(tmp_path / "curated.csv", index=False)
+    monkeypatch.setattr(paths, "DATA_CSV", tmp_path / "curated.csv")
+    opened: list[str] = []
+    real = data_module.read_table
+    monkeypatch.setattr(data_module, "read_table", lambda p: opened.append(str(p)) or real(p))
+    model_b = Checkpoint(state_to_numpy(build_heads(DEFAULT_TASKS, 384)), {"tasks": DEFAULT_TASKS, "layers": "last", "config": {}})
+    cv, result = external.adapt_cv_report(tmp_path, ("last", TrainConfig(epochs=5)), model_b, unfreezes=(1,), max_epochs=2, folds=2)
+    assert list(zip(cv["unfreeze"], cv["epochs"])) == [(1, 1), (1, 2)] and cv["cv_macro_recall_mean"].between(0, 1).all()
+    assert result["epochs"] in (1, 2) and result["n_test"] == 60 and result["n_train"] == 60 + 40 + 60 and result["train_seconds"] > 0
+    assert result["ci_lo"] <= result["test_macro_recall"] <= result["ci_hi"] and "minus_frozen_b" in result
+    test_reads = [p for p in opened if p.endswith(external.TWEET_TEST)]
+    assert len(test_reads) == 1 and opened.index(test_reads[0]) == len(opened) - 1  # test is read once, after the choice
+    assert not [p for p in opened if "financial_phrasebank" in p or "agnews" in p]
