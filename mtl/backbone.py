@@ -155,9 +155,14 @@ def torch_embedding(model, texts: list[str], span: tuple[int, int] | None):
 
     Differentiable, so fine-tuning uses the very same pooling as the frozen path.
     """
-    feats = model.tokenizer(texts, padding=True, truncation=True, max_length=model.max_seq_length, return_tensors="pt").to(model.device)
+    feats = tokenize(model, texts)
     states = model[0].auto_model(**feats, output_hidden_states=True).hidden_states
     return pooled_embedding(states, feats["attention_mask"], span, cls_pooling(model))
+
+
+def tokenize(model, texts: list[str]):
+    """torch: a SentenceTransformer's padded, truncated token tensors for `texts`, on its device."""
+    return model.tokenizer(texts, padding=True, truncation=True, max_length=model.max_seq_length, return_tensors="pt").to(model.device)
 
 
 def cls_pooling(model) -> bool:

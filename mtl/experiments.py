@@ -126,9 +126,8 @@ def _fit_predict(method: str, x_tr, y_tr, x_te, tasks: Tasks, config, protos) ->
 
     if method in SHARING:
         config = replace(config, **SHARING[method])
-    prior = protos if config.prior != "none" else None
-    if method.startswith("multi-task"):
-        heads, _, _ = train(x_tr, y_tr, tasks, config, prior=prior)
+    if method.startswith("multi-task"):  # `protos` double as the prior when config.prior asks for one
+        heads, _, _ = train(x_tr, y_tr, tasks, config, prior=protos)
         return {t: p.argmax(1) for t, p in predict_proba(state_to_numpy(heads), tasks, x_te).items()}
     preds = {}
     for task, labels in tasks.items():
@@ -141,7 +140,7 @@ def _fit_predict(method: str, x_tr, y_tr, x_te, tasks: Tasks, config, protos) ->
             preds[task] = LogisticRegression(max_iter=2000, C=1.0, random_state=config.seed).fit(x_tr[m], y_tr[task][m]).predict(x_te)
         elif method.startswith("single-task"):
             one = {task: labels}
-            heads, _, _ = train(x_tr[m], {task: y_tr[task][m]}, one, config, prior=prior)
+            heads, _, _ = train(x_tr[m], {task: y_tr[task][m]}, one, config, prior=protos)
             preds[task] = predict_proba(state_to_numpy(heads), one, x_te)[task].argmax(1)
     return preds
 
@@ -232,8 +231,7 @@ def tune(data: list[str | Path], tasks: Tasks = DEFAULT_TASKS, spec: EmbedSpec |
 
     @functools.cache  # each layer choice is loaded and encoded (or read from the cache) once
     def rows_for(layers: str):
-        train_rows = load_encoded(files, tasks, replace(spec, layers=layers), verbose=False)[0].split()[0]
-        return train_rows.rows(np.zeros(len(train_rows.x), bool)), train_rows  # nothing fixed: the folds split every train row
+        return _all_in_folds(load_encoded(files, tasks, replace(spec, layers=layers), verbose=False)[0].split()[0])
 
     return cv_select(grid or candidates(seed=seed), rows_for, None, metric, folds, seed, tasks,
                      prior_for=functools.cache(lambda layers: prototypes(tasks, replace(spec, layers=layers))))
@@ -259,5 +257,9 @@ def default_cv(weight_decays: tuple[float, ...] = DEFAULT_CV_WEIGHT_DECAYS, prio
     train_rows = load_encoded([Path(data or paths.DATA_CSV)], DEFAULT_TASKS, spec, verbose=False)[0].split()[0]
     grid = [("last", TrainConfig(prior=p, weight_decay=wd)) for p in priors for wd in weight_decays]
     protos = prototypes(DEFAULT_TASKS, spec)
-    return cv_select(grid, lambda _: (train_rows.rows(np.zeros(len(train_rows.x), bool)), train_rows), "sentiment", "accuracy",
-                     seed=0, by_domain=True, prior_for=lambda _: protos)
+    return cv_select(grid, lambda _: _all_in_folds(train_rows), "sentiment", "accuracy", seed=0, by_domain=True, prior_for=lambda _: protos)
+
+
+def _all_in_folds(rows):
+    """`cv_select`'s (base, pool) with nothing fixed in training: the folds split every row."""
+    return rows.rows(np.zeros(len(rows.x), bool)), rows

@@ -162,7 +162,6 @@ def adapt_cv_report(folder: Path, chosen: tuple, model_b=None, unfreezes: tuple[
     import pandas as pd
     from sklearn.model_selection import StratifiedKFold
 
-    from mtl.backbone import num_layers, parse_layers, resolve_backbone
     from mtl.evaluate import metric as metric_of
     from mtl.finetune import Prefix, finetune, predict_finetuned
     from mtl.heads import predict_proba
@@ -175,8 +174,7 @@ def adapt_cv_report(folder: Path, chosen: tuple, model_b=None, unfreezes: tuple[
     base = load_encoded([paths.DATA_CSV, folder / BBC], spec=spec, verbose=False)[0].split()[0]  # curated test rows stay held out
     val = load_encoded([folder / TWEET_VAL], spec=spec, verbose=False)[0]
     k = len(DEFAULT_TASKS["sentiment"])
-    n_layers, span = num_layers(resolve_backbone()), parse_layers(layers, num_layers(resolve_backbone()))
-    prefixes = {u: Prefix(n_layers - u, span) for u in unfreezes}  # one per unfreeze value, shared by its folds and the final fit
+    prefixes = {u: Prefix(u, layers) for u in unfreezes}  # one per unfreeze value, shared by its folds and the final fit
 
     def fit(rows_base, rows_val, unfreeze: int, epochs: int, on_epoch=None):
         x = np.concatenate([rows_base.x, rows_val.x])
@@ -199,7 +197,7 @@ def adapt_cv_report(folder: Path, chosen: tuple, model_b=None, unfreezes: tuple[
                        for (u, e), v in scores.items()])
     best = cv.loc[cv["cv_macro_recall_mean"].idxmax()]
     unfreeze, epochs = int(best["unfreeze"]), int(best["epochs"])
-    prefixes[unfreeze] = Prefix(n_layers - unfreeze, span)  # fresh, so the time below includes running the frozen layers once
+    prefixes[unfreeze] = Prefix(unfreeze, layers)  # fresh, so the time below includes running the frozen layers once
     model, heads, prefix, train_s = fit(base, val, unfreeze, epochs)
     test = load_encoded([folder / TWEET_TEST], spec=spec, verbose=False)[0]
     y = test.y["sentiment"]
@@ -309,10 +307,9 @@ def sharing_report(config, seeds: tuple[int, ...] = (0, 1, 2), folder: str | Pat
     preds: dict[str, dict[str, list]] = {m: {name: [] for name in targets} for m in methods}
     prefix = None  # the frozen layers' states: computed by the first adapted model, reused by the rest
     if any(m in ADAPTED_METHODS for m in methods):
-        from mtl.backbone import num_layers, resolve_backbone
         from mtl.finetune import Adapt, Prefix
 
-        prefix = Prefix(num_layers(resolve_backbone()) - (adapt or Adapt()).unfreeze, None)
+        prefix = Prefix((adapt or Adapt()).unfreeze, "last")
     for seed in seeds:
         for method in methods:
             cfg = replace(config, seed=seed)

@@ -37,24 +37,35 @@ class Adapt:
 class Prefix:
     """The frozen lower layers' hidden states per text (unpadded), computed once, read every epoch.
 
-    Keeps the output of layer `frozen` (where the trainable layers start) and of any frozen layer the
-    pooling `span` averages. One Prefix serves every model adapted with the same `frozen` and `span`,
-    since their lower layers are the unchanged backbone's.
+    For a model whose top `unfreeze` layers train and whose embedding pools `layers`: keeps the output
+    of layer `frozen` (where the trainable layers start) and of any frozen layer the pooling `span`
+    averages. One Prefix serves every model adapted with the same `unfreeze` and `layers`, since their
+    lower layers are the unchanged backbone's.
     """
 
-    def __init__(self, frozen: int, span: tuple[int, int] | None, device: str = "cpu"):
-        from mtl.backbone import num_layers, resolve_backbone
+    def __init__(self, unfreeze: int, layers: str = "last", device: str = "cpu"):
+        from mtl.backbone import resolve_backbone
 
-        self.frozen, self.span, self.n_layers = frozen, span, num_layers(resolve_backbone())
-        lo, hi = span or (self.n_layers, self.n_layers)
-        self.keep = sorted({frozen} | {i for i in range(lo, hi + 1) if i <= frozen})
+        self.frozen, self.span = self.shape(unfreeze, layers)
+        self.n_layers = self.frozen + unfreeze
+        lo, hi = self.span or (self.n_layers, self.n_layers)
+        self.keep = sorted({self.frozen} | {i for i in range(lo, hi + 1) if i <= self.frozen})
         self.model = load_sentence_transformer(resolve_backbone().path, device).eval()
         self.states: dict[str, dict[int, object]] = {}
+
+    @staticmethod
+    def shape(unfreeze: int, layers: str) -> tuple[int, tuple[int, int] | None]:
+        """(frozen layers, pooled span) of a model adapting its top `unfreeze` layers and pooling `layers`."""
+        from mtl.backbone import num_layers, parse_layers, resolve_backbone
+
+        n = num_layers(resolve_backbone())
+        return n - unfreeze, parse_layers(layers, n)
 
     def add(self, texts: list[str], batch_size: int = 64) -> None:
         """Run the frozen layers on the texts not seen yet (texts as the backbone reads them)."""
         import torch
 
+        from mtl.backbone import tokenize
         from mtl.encoders import length_batches
 
         todo = list(dict.fromkeys(t for t in texts if t not in self.states))
@@ -62,11 +73,11 @@ class Prefix:
         with torch.no_grad():  # not inference_mode: the stored tensors feed layers that train
             for idx in length_batches([len(t) for t in todo], max_rows=batch_size):
                 batch = [todo[i] for i in idx]
-                feats = _tokens(self.model, batch)
+                feats = tokenize(self.model, batch)
                 h = bert.embeddings(input_ids=feats["input_ids"], token_type_ids=feats.get("token_type_ids"))
-                out = {0: h}
+                out, mask = {0: h}, _mask(bert, h, feats["attention_mask"])
                 for i, layer in enumerate(bert.encoder.layer[: self.frozen], 1):
-                    out[i] = h = layer(h, _mask(bert, h, feats["attention_mask"]))
+                    out[i] = h = layer(h, mask)
                 for r, n in enumerate(feats["attention_mask"].sum(1).tolist()):
                     self.states[batch[r]] = {k: out[k][r, :n].clone() for k in self.keep}
 
@@ -92,10 +103,6 @@ class Prefix:
         return pooled_embedding(states, attention, self.span, cls_pooling(model))
 
 
-def _tokens(model, texts: list[str]):
-    return model.tokenizer(texts, padding=True, truncation=True, max_length=model.max_seq_length, return_tensors="pt").to(model.device)
-
-
 def _mask(bert, h, attention):
     """The attention mask in the form this model's attention implementation expects (as BertModel builds it)."""
     from transformers.masking_utils import create_bidirectional_mask
@@ -116,7 +123,7 @@ def finetune(texts: list[str], y: dict[str, np.ndarray], tasks: Tasks, unfreeze:
     import torch
     import torch.nn.functional as F
 
-    from mtl.backbone import num_layers, parse_layers, resolve_backbone
+    from mtl.backbone import resolve_backbone
     from mtl.embed import backbone_text
     from mtl.heads import build_heads, forward
     from mtl.train import class_weights, seed_everything
@@ -124,11 +131,9 @@ def finetune(texts: list[str], y: dict[str, np.ndarray], tasks: Tasks, unfreeze:
     seed_everything(seed)
     texts = [backbone_text(t) for t in texts]  # read the text as the frozen path does
     backbone = resolve_backbone()
-    span = parse_layers(layers, num_layers(backbone))
-    frozen = num_layers(backbone) - unfreeze
-    prefix = prefix or Prefix(frozen, span, device)
-    if (prefix.frozen, prefix.span) != (frozen, span):
-        raise ValueError(f"prefix is for {prefix.frozen} frozen layers, span {prefix.span}; this run needs {frozen}, {span}")
+    prefix = prefix or Prefix(unfreeze, layers, device)
+    if (prefix.frozen, prefix.span) != (want := Prefix.shape(unfreeze, layers)):
+        raise ValueError(f"prefix is for (frozen layers, span) {(prefix.frozen, prefix.span)}; this run needs {want}")
     start = time.perf_counter()
     prefix.add(texts)
     model = load_sentence_transformer(backbone.path, device)

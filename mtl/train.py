@@ -100,7 +100,7 @@ def train(
     Rows with label -1 for a task are left out of that task's loss. History rows hold,
     per epoch: joint and per-task train loss, and train/test loss and accuracy per task.
     `prior` (task -> label-description vectors, `mtl.prior.prototypes`) is needed when `config.prior`
-    is "descriptions"; the returned heads are plain linear heads either way.
+    is "descriptions" (ignored otherwise); the returned heads are plain linear heads either way.
     """
     import torch
 

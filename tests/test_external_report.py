@@ -43,14 +43,13 @@ def test_every_report_set_names_a_task_and_a_metric_the_project_scores(name):
 def test_adapt_cv_report_chooses_on_val_folds_then_reads_test_once(tmp_path, monkeypatch):
     """The stretch recipe on small samples of the real files (written to tmp, never into the repo)."""
     import pandas as pd
-
     from conftest import external as external_file
+
     from mtl import data as data_module
+    from mtl import paths
     from mtl.checkpoint import Checkpoint
     from mtl.heads import build_heads, state_to_numpy
     from mtl.tasks import DEFAULT_TASKS
-
-    from mtl import paths
 
     for name, n in ((external.BBC, 40), (external.TWEET_VAL, 60), (external.TWEET_TEST, 60)):
         pd.read_csv(external_file(name)).sample(n, random_state=0).to_csv(tmp_path / name, index=False)
