@@ -64,7 +64,7 @@ def bench_sentences(n: int, seed: int = 0) -> list[str]:
 def bench_texts(n: int, seed: int = 0) -> tuple[list[str], str]:
     """n unique texts: TweetEval tweets (cycled, numbered) when the external folder exists, else generated ones."""
     from mtl import paths
-    from mtl.embed import backbone_text
+    from mtl.engine.tokens import backbone_text
 
     files = [paths.EXTERNAL_DIR / f for f in ("tweeteval_sentiment_test.csv", "tweeteval_sentiment_val.csv")]
     if all(f.is_file() for f in files):
@@ -79,9 +79,10 @@ def bench_texts(n: int, seed: int = 0) -> tuple[list[str], str]:
 def fresh_cache(path: Path) -> Path:
     """An empty embedding cache that shares the project's ONNX export: each run encodes every text,
     but none pays for the one-off export (a user pays that once, at first use)."""
-    from mtl import paths
     from mtl.backbone import resolve_backbone
     from mtl.encoders import export_onnx
+
+    from mtl import paths
 
     export_onnx(resolve_backbone(), paths.CACHE_DIR)
     path.mkdir(parents=True, exist_ok=True)
@@ -103,9 +104,8 @@ def run_mode(mode: str, n: int, device: str, out: str) -> None:
     t0 = time.perf_counter()
     if mode.startswith("st-"):  # st-fp32-b32 (the reference), st-fp16-b128, ...
         import torch
-        from sentence_transformers import SentenceTransformer
-
         from mtl.backbone import resolve_backbone
+        from sentence_transformers import SentenceTransformer
 
         _, dtype, batch = mode.split("-")
         model = SentenceTransformer(resolve_backbone().path, device=device)
@@ -127,7 +127,7 @@ def run_mode(mode: str, n: int, device: str, out: str) -> None:
         info["tokens_per_text"] = float(np.mean([len(e.ids) for e in encs]))
         x = None
     elif mode.startswith("mtl-default"):  # the whole `encode` call a user makes: auto backend, cache writes included
-        from mtl.embed import EmbedSpec, encode
+        from mtl.engine.embed import EmbedSpec, encode
 
         spec = EmbedSpec(device=device, cache_dir=fresh_cache(Path(out).parent / f"cache-{mode}"), layers="4-6" if mode.endswith("4-6") else "last")
         encode(texts[:64], spec)
@@ -140,9 +140,10 @@ def run_mode(mode: str, n: int, device: str, out: str) -> None:
         encode(texts, spec)
         info["cache_hit_seconds"] = time.perf_counter() - h
     else:  # a concrete mode, optionally with a batching override: onnx-fp32, torch-fp16@8192, onnx-fp32@rows32
-        from mtl import paths
         from mtl.backbone import resolve_backbone
         from mtl.encoders import load_encoder
+
+        from mtl import paths
 
         name, _, batching = mode.partition("@")
         enc = load_encoder(resolve_backbone(), name, "cpu" if name.startswith("onnx") else device, paths.CACHE_DIR)
@@ -202,11 +203,12 @@ def main() -> None:
     if a.child:
         return run_mode(a.child, a.n, a.device, a.out)
 
-    from mtl.embed import EmbedSpec
     from mtl.encoders import cpu_has_bf16
+
+    from mtl.config import TrainConfig
+    from mtl.engine.embed import EmbedSpec
     from mtl.heads import predict_proba
-    from mtl.pipeline import train_from_csv
-    from mtl.train import TrainConfig
+    from mtl.train import train_from_csv
 
     if a.device == "cuda":
         # 100k sentences with all of these took over 300 s on an H100 (model loads per child): 50k is the default there

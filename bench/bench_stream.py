@@ -63,7 +63,7 @@ def fresh_cache(base: Path) -> Path:
     base.mkdir(parents=True, exist_ok=True)
     onnx = paths.CACHE_DIR / "onnx"
     if not onnx.is_dir():
-        subprocess.run([PY, "-c", "from mtl.embed import EmbedSpec, encode; encode(['warm up'], EmbedSpec(backend='onnx'))"], cwd=ROOT, check=True)
+        subprocess.run([PY, "-c", "from mtl.engine.embed import EmbedSpec, encode; encode(['warm up'], EmbedSpec(backend='onnx'))"], cwd=ROOT, check=True)
     (base / "onnx").symlink_to(onnx)
     return base
 
@@ -152,7 +152,8 @@ def bench_corpus(rows: list[int], which: list[str], chunk: int) -> dict:
 def fill_cache(cache_dir: Path, n: int, dim: int = 384) -> None:
     """n synthetic unit vectors under random keys, through the cache API (no encoding)."""
     from mtl.backbone import resolve_backbone
-    from mtl.cache import EmbeddingCache
+
+    from mtl.engine.cache import EmbeddingCache
 
     cache = EmbeddingCache(cache_dir, resolve_backbone().identity, "onnx-fp32")
     rng = np.random.default_rng(0)

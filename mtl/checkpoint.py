@@ -29,6 +29,17 @@ class Checkpoint:
     def tasks(self) -> Tasks:
         return self.meta["tasks"]
 
+    @property
+    def layers(self) -> str:
+        """Which frozen layers its heads read (checkpoints from before `--layers` read the last)."""
+        return self.meta.get("layers", "last")
+
+    @property
+    def backbone(self) -> str:
+        from mtl.engine.backbone import DEFAULT_BACKBONE
+
+        return self.meta.get("backbone", DEFAULT_BACKBONE)
+
 
 def save_checkpoint(path: str | Path, state: dict[str, np.ndarray], meta: dict) -> None:
     """Write atomically: an interrupted save leaves the previous checkpoint intact."""
@@ -64,9 +75,11 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
 
 
 def _check_shapes(ckpt: Checkpoint, path: Path) -> None:
+    from mtl.heads import TRUNK, has_trunk
+
     dim = ckpt.meta.get("embedding_dim")
-    trunk = ckpt.state.get("trunk.0.weight")  # shared trunk (share="trunk"): the heads read its output
-    if trunk is not None:
+    if has_trunk(ckpt.state):  # shared trunk (share="trunk"): the heads read its output
+        trunk = ckpt.state[f"{TRUNK}.0.weight"]
         if trunk.ndim != 2 or trunk.shape[1] != dim:
             raise MTLError(f"{path}: shared trunk weights do not match the {dim}-d embedding")
         dim = trunk.shape[0]
@@ -84,7 +97,7 @@ def check_compatible(ckpt: Checkpoint, path: str | Path, backbone_identity: str,
     if ckpt.meta.get("backbone_identity") != backbone_identity:
         raise MTLError(
             f"{path}: checkpoint was trained on backbone {ckpt.meta.get('backbone_identity')!r}, "
-            f"not {backbone_identity!r}; pass the matching --backbone or retrain"
+            f"but this machine's copy is {backbone_identity!r}; retrain it here (mtl train) or install the backbone it names"
         )
     if ckpt.meta.get("embedding_dim") != dim:
         raise MTLError(f"{path}: checkpoint expects {ckpt.meta.get('embedding_dim')}-d embeddings, the backbone gives {dim}-d")

@@ -1,7 +1,8 @@
 """Command line: `mtl train | predict | embed | evaluate | compare | notebooks | cache | info`.
 
-Heavy imports happen inside each command, so `--help` and `predict` start fast.
-User mistakes print one line (`mtl <cmd>: error: ...`) and exit 2; `--debug` shows tracebacks.
+Heavy imports happen inside each command, so `--help` and `predict` start fast. Flag defaults and choices
+come from `mtl.config` (the settings' one home). User mistakes print one line (`mtl <cmd>: error: ...`) and
+exit 2; `--debug` shows tracebacks.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ class Parser(argparse.ArgumentParser):
 
 
 def _flag(name: str, cast=int):
-    from mtl.params import flag
+    from mtl.config import flag
 
     return flag(name, cast)
 
@@ -31,60 +32,66 @@ def task_weights(s: str) -> dict[str, float]:
     for part in s.split(","):
         name, _, val = part.partition("=")
         try:
-            out[name.strip()] = _flag("lr", float)(val)  # same rule as lr: a positive finite number
+            out[name.strip()] = _flag("task_weight", float)(val)
         except argparse.ArgumentTypeError:
             raise argparse.ArgumentTypeError(f"expected task=weight[,task=weight], got {s!r}") from None
     return out
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    from mtl.encoders import BACKENDS, DEVICES
+    from mtl.config import CHOICES
 
-    p.add_argument("--backend", choices=BACKENDS, default="auto", help="embedding backend (default: %(default)s; see `mtl info`)")
-    p.add_argument("--device", choices=DEVICES, default="auto", help="device for torch work (default: auto)")
+    p.add_argument("--backend", choices=CHOICES["backend"], default="auto", help="embedding backend (default: %(default)s; see `mtl info`)")
+    p.add_argument("--device", choices=CHOICES["device"], default="auto", help="device for torch work (default: auto)")
     p.add_argument("--cache-dir", default=None, help="embedding cache folder (default: .cache/)")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
 
 
-def spec_of(a, layers: str = "last"):
-    """The EmbedSpec that a command's --backend/--device/--cache-dir (and --layers) flags describe."""
-    from mtl.backbone import DEFAULT_BACKBONE
-    from mtl.embed import EmbedSpec
+def spec_of(a, layers: str = "last", cache: bool = True):
+    """The EmbedSpec that a command's --backend/--device/--cache-dir (and --layers, --backbone) flags describe."""
+    from mtl.engine.backbone import DEFAULT_BACKBONE
+    from mtl.engine.embed import EmbedSpec
 
-    return EmbedSpec(backend=a.backend, device=a.device, layers=layers, cache_dir=a.cache_dir, backbone=getattr(a, "backbone", None) or DEFAULT_BACKBONE)
+    return EmbedSpec(backend=a.backend, device=a.device, layers=layers, cache_dir=a.cache_dir,
+                     backbone=getattr(a, "backbone", None) or DEFAULT_BACKBONE, cache=cache)
 
 
 def build_parser() -> Parser:
-    from mtl.backbone import DEFAULT_BACKBONE
-    from mtl.train import BATCH_SIZE, EPOCHS, LR, TrainConfig
+    from mtl.config import CHOICES, TrainConfig
+    from mtl.engine.backbone import DEFAULT_BACKBONE
 
+    d = TrainConfig()  # every training default, from its one home
     ap = Parser(prog="mtl", allow_abbrev=False, description="Multi-task sentence classification on a frozen sentence-transformer.")
     sub = ap.add_subparsers(dest="cmd", required=True)
 
     t = sub.add_parser("train", allow_abbrev=False, help="train the task heads on cached embeddings")
     t.add_argument("--data", action="append", help="labelled CSV (repeatable; default data/sentences.csv)")
     t.add_argument("--tasks", default=None, help="task=label,label;... (default: topic and sentiment)")
-    t.add_argument("--epochs", type=_flag("epochs"), default=EPOCHS)
-    t.add_argument("--lr", type=_flag("lr", float), default=LR)
-    t.add_argument("--batch-size", type=_flag("batch_size"), default=BATCH_SIZE)
-    t.add_argument("--hidden", type=_flag("hidden"), default=0, help="hidden units per head (0: linear head)")
-    t.add_argument("--dropout", type=_flag("dropout", float), default=0.1)
-    t.add_argument("--weight-decay", type=_flag("weight_decay", float), default=TrainConfig.weight_decay, help="Adam weight decay (default: %(default)s)")
-    t.add_argument("--class-balanced", action="store_true", help="weight each class by inverse frequency in the loss (for macro-recall on skewed data)")
-    t.add_argument("--share", choices=("none", "trunk"), default="none",
-                   help="none: independent heads; trunk: a shared Linear-ReLU-Dropout layer that every head reads (default: none)")
-    t.add_argument("--prior", choices=("none", "descriptions"), default=TrainConfig.prior,
+    t.add_argument("--epochs", type=_flag("epochs"), default=d.epochs)
+    t.add_argument("--lr", type=_flag("lr", float), default=d.lr)
+    t.add_argument("--batch-size", type=_flag("batch_size"), default=d.batch_size)
+    t.add_argument("--hidden", type=_flag("hidden"), default=d.hidden, help="hidden units per head (0: linear head)")
+    t.add_argument("--dropout", type=_flag("dropout", float), default=d.dropout)
+    t.add_argument("--weight-decay", type=_flag("weight_decay", float), default=d.weight_decay, help="Adam weight decay (default: %(default)s)")
+    t.add_argument("--class-balanced", action=argparse.BooleanOptionalAction, default=d.balance,
+                   help="classes weigh equally within each source in the loss (for macro-recall on skewed data; default: %(default)s)")
+    t.add_argument("--mix", type=_flag("mix", str), default=d.mix,
+                   help="with several --data files, how much each weighs in a task's loss: rows (as many rows, as much weight), "
+                        "equal, or a temperature T > 1 (weight ∝ rows**(1/T)) (default: %(default)s)")
+    t.add_argument("--share", choices=CHOICES["share"], default=d.share,
+                   help="none: independent heads; trunk: a shared Linear-ReLU-Dropout layer that every head reads (default: %(default)s)")
+    t.add_argument("--prior", choices=CHOICES["prior"], default=d.prior,
                    help="descriptions: linear heads start as the zero-shot classifier (label descriptions) and weight decay "
                         "pulls them toward it, not toward zero (default: %(default)s)")
-    t.add_argument("--trunk-hidden", type=_flag("trunk_hidden"), default=TrainConfig.trunk_hidden, help="width of the shared trunk (default: %(default)s)")
+    t.add_argument("--trunk-hidden", type=_flag("trunk_hidden"), default=d.trunk_hidden, help="width of the shared trunk (default: %(default)s)")
     t.add_argument("--tune", action="store_true",
-                   help="choose layers, head, weight decay and sharing by k-fold CV on the training rows (the grid in "
-                        "mtl.experiments.candidates), then train that choice; --seed, --device and --tune-folds apply, "
+                   help="choose layers, head, weight decay, sharing and (several files) the mix by k-fold CV on the training rows "
+                        "(mtl.research.select.candidates), then train that choice; --seed, --device and --tune-folds apply, "
                         "the other training flags are replaced by the choice")
     t.add_argument("--tune-folds", type=_flag("folds"), default=5, help="folds for --tune (default: %(default)s)")
-    t.add_argument("--weighting", choices=("static", "uncertainty"), default="static")
+    t.add_argument("--weighting", choices=CHOICES["weighting"], default=d.weighting)
     t.add_argument("--task-weights", type=task_weights, default={}, help="static loss weights, e.g. topic=1,sentiment=2")
-    t.add_argument("--seed", type=_flag("seed"), default=0)
+    t.add_argument("--seed", type=_flag("seed"), default=d.seed)
     t.add_argument("--backbone", default=DEFAULT_BACKBONE, help="packaged model, a local folder, or a hub name")
     t.add_argument("--layers", default="last", help="embedding from the last layer (default) or the average of layers A-B, e.g. 4-6")
     t.add_argument("--out", default=None, help="checkpoint path (default saved_models/multi_task_model.safetensors)")
@@ -92,7 +99,7 @@ def build_parser() -> Parser:
     _common(t)
 
     p = sub.add_parser("predict", allow_abbrev=False, help="label sentences with a trained checkpoint")
-    p.add_argument("inputs", nargs="*", help="text file (one per line), CSV with a text column, or - for stdin")
+    p.add_argument("inputs", nargs="*", help="text file (one per line), CSV/JSONL/Parquet with a text column, a glob, or - for stdin")
     p.add_argument("--model", default=None)
     p.add_argument("--format", choices=("table", "csv", "jsonl", "parquet"), default="table", help="with --out: parquet (default) or jsonl")
     _common(p)
@@ -133,8 +140,9 @@ def build_parser() -> Parser:
     n = sub.add_parser("notebooks", allow_abbrev=False, help="run the numbered notebooks headless with papermill")
     n.add_argument("--epochs", type=_flag("epochs"), default=None)
     n.add_argument("--lr", type=_flag("lr", float), default=None)
-    n.add_argument("--device", default=None)
+    n.add_argument("--device", choices=CHOICES["device"], default=None)
     n.add_argument("--seed", type=_flag("seed"), default=None)
+    n.add_argument("--full", action="store_true", help="the research notebooks' full experiments (slow; default: their quick form)")
     n.add_argument("--only", nargs="*", default=None, help="notebook name prefixes, e.g. 01 03")
     n.add_argument("--out", default=None, help="folder for executed copies (default runs/<timestamp>)")
     n.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"))
@@ -145,131 +153,116 @@ def build_parser() -> Parser:
 
 
 def cmd_train(a) -> int:
+    from mtl import paths
+    from mtl.config import Recipe, TrainConfig
     from mtl.evaluate import format_table
-    from mtl.pipeline import train_from_csv
     from mtl.tasks import parse_tasks
-    from mtl.train import TrainConfig
+    from mtl.train import train_from_csv
 
     tasks = parse_tasks(a.tasks)
-    cfg = TrainConfig(
+    recipe = Recipe(a.layers, TrainConfig(
         epochs=a.epochs, lr=a.lr, batch_size=a.batch_size, hidden=a.hidden, dropout=a.dropout, weight_decay=a.weight_decay,
-        balance=a.class_balanced, share=a.share, trunk_hidden=a.trunk_hidden, prior=a.prior,
+        balance=a.class_balanced, mix=a.mix, share=a.share, trunk_hidden=a.trunk_hidden, prior=a.prior,
         weighting=a.weighting, task_weights=a.task_weights, seed=a.seed, device=a.device,
-    )
-    layers, record = a.layers, None
+    ))
+    record = None
     if a.tune:
-        layers, cfg, record = _tune(a, tasks)
-    res = train_from_csv(a.data, tasks, cfg, spec_of(a, layers), a.out, a.metrics, record=record)
+        recipe, record = _tune(a, tasks)
+    res = train_from_csv(a.data, tasks, recipe.train, recipe.spec(spec_of(a)), a.out, a.metrics, record=record)
     print(format_table(res["metrics"]["train"], "train split (seen in training):"))
     if "test" in res["metrics"]:
         print(format_table(res["metrics"]["test"], "test split (held out):"))
     for name, m in res["metrics"].get("by_source", {}).items():
         print(format_table(m, f"{name}:"))
-    from mtl import paths
-
     print(f"saved {a.out or paths.CHECKPOINT} and {a.metrics or paths.METRICS_JSON}", file=sys.stderr)
     return 0
 
 
 def _tune(a, tasks) -> tuple:
-    """`--tune`: CV on the given files' train rows; returns (layers, TrainConfig, record for the checkpoint)."""
-    from dataclasses import replace
-
+    """`--tune`: CV on the given files' train rows; returns (the chosen Recipe, record for the checkpoint)."""
     from mtl import paths
-    from mtl.experiments import tune
+    from mtl.research.select import tune
 
     data = a.data or [str(paths.DATA_CSV)]
-    table, best, (layers, cfg) = tune(data, tasks, spec_of(a), folds=a.tune_folds, seed=a.seed)
-    cfg = replace(cfg, device=a.device)
-    print(f"--tune: {a.tune_folds}-fold CV on the train rows of {len(data)} file(s), mean macro-recall over tasks:", file=sys.stderr)
+    table, best, recipe = tune(data, tasks, spec_of(a), folds=a.tune_folds, seed=a.seed, device=a.device)
+    score = "mean macro-recall over sources and their tasks" if len(data) > 1 else "mean macro-recall over tasks"
+    print(f"--tune: {a.tune_folds}-fold CV on the train rows of {len(data)} file(s), {score}:", file=sys.stderr)
     print(table.round(4).to_string(), file=sys.stderr)
-    print(f"--tune: chose candidate {best} (layers={layers}, share={cfg.share}, hidden={cfg.hidden}, lr={cfg.lr:g}, "
-          f"weight_decay={cfg.weight_decay:g}, class-balanced={cfg.balance})", file=sys.stderr)
-    record = {"tune": {"folds": a.tune_folds, "metric": "mean macro_recall over tasks", "chosen": best, "layers": layers,
-                       "config": cfg.as_dict(), "cv_table": table.reset_index().to_dict(orient="records")}}
-    return layers, cfg, record
+    print(f"--tune: chose candidate {best} ({recipe.describe()})", file=sys.stderr)
+    record = {"tune": {"folds": a.tune_folds, "metric": score, "chosen": best, "layers": recipe.layers,
+                       "config": recipe.train.as_dict(), "cv_table": table.reset_index().to_dict(orient="records")}}
+    return recipe, record
 
 
 def _corpus_options(p: argparse.ArgumentParser, predict: bool) -> None:
     """Options of the streaming path (`--out DIR`): chunked, sharded, resumable, optionally on Ray."""
     p.add_argument("--out", default=None, help="write sharded output to this folder (streaming, resumable)")
     p.add_argument("--chunk-size", type=_flag("chunk_size"), default=None, help="rows per output shard (default 10000)")
-    p.add_argument("--engine", choices=("local", "ray"), default="local", help="ray: spread the work over a Ray cluster (pip install -e '.[scale]')")
-    p.add_argument("--workers", type=_flag("workers"), default=None, help="--engine ray: encoder actors (default 1)")
+    p.add_argument("--engine", choices=("local", "ray"), default="local", help="ray: label chunks on a Ray cluster (pip install -e '.[scale]')")
+    p.add_argument("--workers", type=_flag("workers"), default=None, help="--engine ray: labelling actors (default 1)")
+    p.add_argument("--address", default=None, help="--engine ray: the cluster to join (default $RAY_ADDRESS, else a local instance)")
+    p.add_argument("--cache", action="store_true", help="with --out: keep the vectors in the embedding cache too (a corpus is usually seen once)")
     if predict:
         p.add_argument("--with-embeddings", action="store_true", help="also write each text's vector")
-
-
-def _small_inputs(sources: list[str]) -> list[str]:
-    """Texts of a small `mtl predict` (no --out): today's reader for .txt/.csv/-, the corpus reader for the rest."""
-    import glob
-
-    from mtl import corpus
-    from mtl.data import read_inputs
-
-    texts: list[str] = []
-    for src in sources:
-        if src == "-" or (corpus.kind(src) in ("txt", "csv") and not glob.has_magic(src)):
-            texts += read_inputs(src)
-        else:
-            texts += [t for path in corpus.expand([src]) for t in corpus.read_all(path)]
-    return texts
 
 
 def cmd_corpus(a) -> int:
     """`predict`/`embed` over a corpus: stream in chunks to `--out` (or, for embed without --out, JSONL on stdout)."""
     from pathlib import Path
 
-    from mtl import corpus
+    from mtl import inputs
+    from mtl.corpus import stream
 
     predict = a.cmd == "predict"
     fmt = {"table": "parquet", None: "parquet"}.get(a.format, a.format)
     if fmt == "csv":
         raise MTLError("--format csv: with --out, choose parquet or jsonl")
-    if a.engine == "ray" and fmt != "parquet":
-        raise MTLError("--engine ray writes Parquet; drop --format jsonl")
     if a.out is None and (a.engine == "ray" or a.format == "parquet"):
         raise MTLError(f"{'--engine ray' if a.engine == 'ray' else '--format parquet'} needs --out DIR")
-    if a.workers is not None and a.engine != "ray":
-        raise MTLError("--workers: only with --engine ray")
-    inputs = corpus.expand(a.inputs)
-    for path in inputs:
-        corpus.check_input(path)
-    if a.engine == "ray" and "-" in inputs:
+    for name, given in (("--workers", a.workers is not None), ("--address", a.address is not None)):
+        if given and a.engine != "ray":
+            raise MTLError(f"{name}: only with --engine ray")
+    paths_in = inputs.expand(a.inputs)
+    for path in paths_in:
+        inputs.check_input(path)
+    if a.engine == "ray" and "-" in paths_in:
         raise MTLError("--engine ray reads files, not stdin (-)")
     model, ckpt = None, None
     if predict:
         from mtl import paths
-        from mtl.pipeline import load_model
+        from mtl.predict import load_model
 
         model = str(a.model or paths.CHECKPOINT)
         ckpt = load_model(model)  # a missing or foreign checkpoint fails here, before any engine starts
-    job = corpus.Job(
-        command=a.cmd, inputs=inputs, out=Path(a.out) if a.out else None, fmt=fmt, chunk_size=a.chunk_size or corpus.CHUNK_SIZE,
+    job = stream.Job(
+        command=a.cmd, inputs=paths_in, out=Path(a.out) if a.out else None, fmt=fmt, chunk_size=a.chunk_size or stream.CHUNK_SIZE,
         with_embeddings=bool(getattr(a, "with_embeddings", False)), model=model,
         backbone=None if predict else a.backbone, layers=None if predict else a.layers, backend=a.backend,
     )
-    if a.engine == "ray":
-        from mtl.scale import run_ray
-
-        run_ray(job, device=a.device, cache_dir=a.cache_dir, workers=a.workers or 1)
-        return 0
+    spec = spec_of(a, "last" if predict else a.layers, cache=a.cache or job.out is None)
     if predict:
-        from mtl.pipeline import embed_for
+        from mtl.predict import embed_for
 
-        encode = lambda texts: embed_for(ckpt, model, texts, spec_of(a))[0]  # noqa: E731
+        def encode(texts, progress=None):
+            return embed_for(ckpt, model, texts, spec, progress)[0]
     else:
-        from mtl.embed import encode as embed_texts
+        from mtl.engine.embed import encode as embed_texts
 
-        encode = lambda texts: embed_texts(texts, spec_of(a, a.layers))[0]  # noqa: E731
+        def encode(texts, progress=None):
+            return embed_texts(texts, spec, progress=progress)[0]
     if job.out is None:  # embed, small: JSONL on stdout
-        for texts, sources in corpus.iter_chunks(inputs, job.chunk_size):
-            sys.stdout.write(corpus.to_jsonl(corpus.label_table(texts, sources, encode)))
-        return 0
-    from mtl.encoders import device_for
+        from mtl.predict import label
 
-    gpu = device_for(a.backend, a.device) != "cpu"
-    corpus.run(job, encode, ckpt, corpus.ENCODE_SLICE_GPU if gpu else corpus.ENCODE_SLICE)
+        for texts, sources in inputs.iter_chunks(paths_in, job.chunk_size):
+            sys.stdout.write(stream.to_jsonl(label(texts, encode).rows(sources, with_embeddings=True)))
+        return 0
+    if a.engine == "ray":
+        from mtl.corpus.ray_engine import ray_engine
+
+        workers = a.workers or 1
+        stream.run(job, ray_engine(job, a.device, a.cache_dir, workers, a.address), f"Ray, {workers} worker{'s' * (workers > 1)}")
+        return 0
+    stream.run(job, stream.local_engine(encode, ckpt))
     return 0
 
 
@@ -277,7 +270,7 @@ def cmd_cache(a) -> int:
     from pathlib import Path
 
     from mtl import paths
-    from mtl.cache import EmbeddingCache, folders
+    from mtl.engine.cache import EmbeddingCache, folders
 
     root = Path(a.cache_dir or paths.CACHE_DIR)
     limits = (a.max_entries, a.max_mb, a.older_than)
@@ -308,15 +301,16 @@ def cmd_cache(a) -> int:
 
 def cmd_predict(a) -> int:
     from mtl import paths
-    from mtl.pipeline import predict
+    from mtl.inputs import read_all
+    from mtl.predict import predict
 
     if a.out is not None or a.engine != "local":
         return cmd_corpus(a)
-    for flag, value in (("--with-embeddings", a.with_embeddings), ("--chunk-size", a.chunk_size), ("--workers", a.workers), ("--format parquet", a.format == "parquet")):
+    for flag, value in (("--with-embeddings", a.with_embeddings), ("--chunk-size", a.chunk_size), ("--workers", a.workers),
+                        ("--address", a.address), ("--cache", a.cache), ("--format parquet", a.format == "parquet")):
         if value:
             raise MTLError(f"{flag}: only with --out DIR")
-    texts = _small_inputs(a.inputs or [str(paths.TEST_SENTENCES)])
-    rows = predict(texts, a.model, spec_of(a))
+    rows = predict(read_all(a.inputs or [str(paths.TEST_SENTENCES)]), a.model, spec_of(a))
     for i, r in enumerate(rows):
         if r.get("error"):
             print(f"warning: input {i + 1}: {r['error']}, no prediction", file=sys.stderr)
@@ -335,9 +329,7 @@ def cmd_predict(a) -> int:
             w.writerow([r["text"]] + [json.dumps(r[c]) if c.endswith("_probs") else (r[c] or "") for c in cols[1:]])
     else:
         for r in rows:
-            preds = "  ".join(
-                f"{t}={r[t]} ({max(r[f'{t}_probs'].values()):.2f})" if r[t] else f"{t}=-" for t in tasks
-            )
+            preds = "  ".join(f"{t}={r[t]} ({max(r[f'{t}_probs'].values()):.2f})" if r[t] else f"{t}=-" for t in tasks)
             text = r["text"] if len(r["text"]) <= 70 else r["text"][:67] + "..."
             out.write(f"{text:<70}  {preds}\n")
     return 0
@@ -346,7 +338,7 @@ def cmd_predict(a) -> int:
 def cmd_evaluate(a) -> int:
     from mtl.atomic import write_text
     from mtl.evaluate import format_table
-    from mtl.pipeline import evaluate_csv
+    from mtl.predict import evaluate_csv
 
     metrics = evaluate_csv(a.data, a.model, spec_of(a))["metrics"]
     if not metrics:
@@ -359,7 +351,7 @@ def cmd_evaluate(a) -> int:
 
 def param_value(text: str):
     """`-p NAME VALUE`: numbers, lists and booleans as JSON or Python literals (`true` and `True` alike, so
-    `-p quick False` is False, not the truthy string "False"); anything else (e.g. "4-6", "cpu") stays a string."""
+    `-p full False` is False, not the truthy string "False"); anything else (e.g. "4-6", "cpu") stays a string."""
     import ast
 
     try:
@@ -373,20 +365,22 @@ def param_value(text: str):
 
 
 def cmd_notebooks(a) -> int:
-    from mtl.notebooks import CHECKED_OUTPUTS, refresh_checked_outputs, run_all
+    from mtl.nbtools.run import CHECKED_OUTPUTS, refresh_checked_outputs, run_all
 
     if a.refresh_outputs:
         for nb in refresh_checked_outputs(a.only):
             print(f"stored checked outputs of {nb.name} in {CHECKED_OUTPUTS}", file=sys.stderr)
         return 0
     params = {k: v for k, v in (("epochs", a.epochs), ("lr", a.lr), ("device", a.device), ("seed", a.seed)) if v is not None}
+    if a.full:
+        params["full"] = True
     params.update((name, param_value(value)) for name, value in a.param)
     run_all(params, only=a.only, out_dir=a.out, publish=a.publish)
     return 0
 
 
 def cmd_compare(a) -> int:
-    from mtl.experiments import compare
+    from mtl.research.compare import compare
 
     table = compare(a.data, a.model, folds=a.folds, spec=spec_of(a), out=a.out)
     print(table.to_string(index=False))
@@ -394,7 +388,7 @@ def cmd_compare(a) -> int:
 
 
 def cmd_info(a) -> int:
-    from mtl.info import report
+    from mtl.engine.info import report
 
     print(report())
     return 0

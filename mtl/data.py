@@ -1,7 +1,8 @@
-"""Reading and validating labelled CSVs and prediction inputs.
+"""Labelled data: reading and validating CSVs (`load_dataset`), label ids, and embedding them (`load_encoded`).
 
-Row numbers in messages are file line numbers (the header is line 1), so a
-user can jump straight to the offending line in an editor.
+Row numbers in messages are file line numbers (the header is line 1), so a user can jump straight to the
+offending line in an editor. `clip` is the one truncation rule for every text the project reads
+(labelled rows here, texts to label in `mtl.inputs`).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import io
 import re
 import sys
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -21,6 +23,8 @@ from mtl.tasks import DEFAULT_TASKS, Tasks
 
 if TYPE_CHECKING:
     import pandas as pd
+
+    from mtl.engine.embed import EmbedSpec
 
 # The backbone reads at most 256 word pieces; longer text is cut before tokenising
 # so that a pathological 10 MB line costs milliseconds instead of minutes.
@@ -51,12 +55,17 @@ def _decode(raw: bytes, path: Path) -> str:
         ) from None
 
 
-def clip_text(text: str, where: str = "") -> str:
-    """Cut text the backbone would truncate anyway, warning once per call site."""
-    if len(text) <= MAX_CHARS:
-        return text
-    warnings.warn(f"{where or 'input'}: text of {len(text):,} characters truncated to {MAX_CHARS:,}", stacklevel=2)
-    return text[:MAX_CHARS]
+def clip(texts: list[str | None], where: str, first_line: int = 1) -> list[str]:
+    """Missing text reads as ''; text beyond what the backbone reads is cut, with one warning per call
+    (`where`: the file; `first_line`: the line of texts[0], so the warning names the first long one)."""
+    out = ["" if t is None else t for t in texts]
+    long = [i for i, t in enumerate(out) if len(t) > MAX_CHARS]
+    if long:
+        warnings.warn(f"{where}: {len(long)} text(s) longer than {MAX_CHARS:,} characters truncated (first at line "
+                      f"{first_line + long[0]}); the backbone reads {MAX_CHARS:,} at most", stacklevel=2)
+        for i in long:
+            out[i] = out[i][:MAX_CHARS]
+    return out
 
 
 def normalise(text: str) -> str:
@@ -82,12 +91,13 @@ def read_table(path: str | Path) -> "pd.DataFrame":
     return df
 
 
-def load_dataset(path: str | Path, tasks: Tasks = DEFAULT_TASKS, require_labels: bool = True) -> "pd.DataFrame":
+def load_dataset(path: str | Path, tasks: Tasks = DEFAULT_TASKS, warn_duplicates: bool = True) -> "pd.DataFrame":
     """Load a labelled CSV: a `text` column, one column per task present, optional `domain` and `split`.
 
     Empty label cells mean "no label for this task" (masked in loss and metrics). `domain` (free text,
     e.g. "markets") groups rows for leave-one-domain-out CV; it is never a feature.
     Returns a frame with `text`, `line`, the task columns found and `domain` / `split` if present.
+    `warn_duplicates=False` for sets that are only scored (a repeated text matters where a model trains).
     """
     df = read_table(path)
     path = Path(path)
@@ -97,9 +107,9 @@ def load_dataset(path: str | Path, tasks: Tasks = DEFAULT_TASKS, require_labels:
     missing = df["text"].isna() | (df["text"].fillna("").str.strip() == "")
     if missing.any():
         raise MTLError(f"{path}: line {int(df.loc[missing, 'line'].iloc[0])}: empty text, expected a sentence")
-    df["text"] = [clip_text(t, f"{path}: line {n}") for t, n in zip(df["text"], df["line"])]
+    df["text"] = clip(list(df["text"]), str(path), first_line=2)
     present = [t for t in tasks if t in df.columns]
-    if require_labels and not present:
+    if not present:
         raise MTLError(f"{path}: no label column for any task; expected one of: {', '.join(tasks)}")
     for task in present:
         values = df[task].str.strip()
@@ -121,7 +131,8 @@ def load_dataset(path: str | Path, tasks: Tasks = DEFAULT_TASKS, require_labels:
         _check_leakage(df, path)
     if "domain" in df.columns:
         df["domain"] = df["domain"].fillna("").str.strip()
-    _warn_duplicates(df, path)
+    if warn_duplicates:
+        _warn_duplicates(df, path)
     extra = [c for c in ("domain", "split") if c in df.columns]
     return df[["text", "line", *present, *extra]].reset_index(drop=True)
 
@@ -138,7 +149,7 @@ def _check_leakage(df: "pd.DataFrame", path: Path) -> None:
         )
 
 
-_WARNED_DUPLICATES: set[tuple[str, int]] = set()  # once per file and count per process: 05 reads BBC a dozen times
+_WARNED_DUPLICATES: set[tuple[str, int]] = set()  # once per file and count per process: a notebook may read a file often
 
 
 def _warn_duplicates(df: "pd.DataFrame", path: Path) -> None:
@@ -168,17 +179,62 @@ def label_ids(df: "pd.DataFrame", tasks: Tasks) -> dict[str, np.ndarray]:
     return out
 
 
-def read_inputs(source: str | Path) -> list[str]:
-    """Sentences to predict: a text file (one per line), a CSV with a `text` column, or `-` (stdin).
+def file_digest(path: str | Path) -> str:
+    """Short content hash of a file, recorded with what was trained on it."""
+    import hashlib
 
-    Every line is kept, empty ones too, so outputs line up with inputs.
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
+@dataclass
+class Encoded:
+    """A labelled table with its embeddings and label ids (-1 = no label)."""
+
+    frame: "pd.DataFrame"  # text, line, task columns, domain, split, source
+    x: np.ndarray
+    y: dict[str, np.ndarray]
+
+    def rows(self, mask: np.ndarray) -> "Encoded":
+        return Encoded(self.frame[mask].reset_index(drop=True), self.x[mask], {t: v[mask] for t, v in self.y.items()})
+
+    def split(self) -> tuple["Encoded", "Encoded"]:
+        """(train rows, held-out `split=test` rows)."""
+        is_train = (self.frame["split"] == "train").to_numpy()
+        return self.rows(is_train), self.rows(~is_train)
+
+    @property
+    def sources(self) -> np.ndarray:
+        """Each row's source file name (what `TrainConfig.mix` weighs)."""
+        return self.frame["source"].to_numpy()
+
+    @staticmethod
+    def concat(parts: list["Encoded"]) -> "Encoded":
+        import pandas as pd
+
+        return Encoded(pd.concat([p.frame for p in parts], ignore_index=True), np.concatenate([p.x for p in parts]),
+                       {t: np.concatenate([p.y[t] for p in parts]) for t in parts[0].y})
+
+
+def load_encoded(data: list[str | Path], tasks: Tasks = DEFAULT_TASKS, spec: "EmbedSpec | None" = None, verbose: bool = True,
+                 warn_duplicates: bool = True):
+    """Load, validate and embed one or more CSVs (files may carry different task columns).
+
+    Returns (Encoded, EncodeStats); files without a `split` column count as train rows, a file without
+    `domain` is one domain (for leave-one-domain-out CV), and `source` is the file name.
     """
-    path = Path(source)
-    if path.suffix.lower() == ".csv":
-        df = read_table(path)
-        if "text" not in df.columns:
-            raise MTLError(f"{path}: no 'text' column (columns are: {', '.join(df.columns)})")
-        return [clip_text(t, f"{path}: line {i + 2}") for i, t in enumerate(df["text"].fillna(""))]
-    text = _decode(_read_bytes(path), Path("<stdin>") if str(source) == "-" else path)
-    lines = text.splitlines()
-    return [clip_text(t, f"{source}: line {i + 1}") for i, t in enumerate(lines)]
+    import pandas as pd
+
+    from mtl.engine.embed import encode
+
+    frames = []
+    for path in data:
+        df = load_dataset(path, tasks, warn_duplicates)
+        df["source"] = Path(path).name
+        if "split" not in df.columns:
+            df["split"] = "train"
+        if "domain" not in df.columns:
+            df["domain"] = Path(path).stem
+        frames.append(df)
+    frame = pd.concat(frames, ignore_index=True)
+    x, stats = encode(list(frame["text"]), spec, verbose=verbose)
+    return Encoded(frame, x, label_ids(frame, tasks)), stats

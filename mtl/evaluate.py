@@ -9,18 +9,18 @@ from mtl.tasks import Tasks
 SCALAR_METRICS = ("accuracy", "macro_f1", "macro_recall")
 
 
-def metric(name: str, y_true: np.ndarray, y_pred: np.ndarray, n_labels: int, sample_weight: np.ndarray | None = None) -> float:
+def metric(name: str, y_true: np.ndarray, y_pred: np.ndarray, n_labels: int) -> float:
     """One scalar metric of label ids (no -1 rows): the sklearn call `task_metrics` makes, reused by
-    `mtl.stats` so bootstrap resamples are scored exactly like the point estimate."""
+    `mtl.research.stats` so bootstrap resamples are scored exactly like the point estimate."""
     from sklearn.metrics import accuracy_score, f1_score, recall_score
 
     ids = list(range(n_labels))
     if name == "accuracy":
-        return float(accuracy_score(y_true, y_pred, sample_weight=sample_weight))
+        return float(accuracy_score(y_true, y_pred))
     if name == "macro_f1":
-        return float(f1_score(y_true, y_pred, labels=ids, average="macro", zero_division=0, sample_weight=sample_weight))
+        return float(f1_score(y_true, y_pred, labels=ids, average="macro", zero_division=0))
     if name == "macro_recall":
-        return float(recall_score(y_true, y_pred, labels=ids, average="macro", zero_division=0, sample_weight=sample_weight))
+        return float(recall_score(y_true, y_pred, labels=ids, average="macro", zero_division=0))
     raise ValueError(f"unknown metric {name!r}; expected one of {', '.join(SCALAR_METRICS)}")
 
 
@@ -52,6 +52,26 @@ def evaluate(probs: dict[str, np.ndarray], y: dict[str, np.ndarray], tasks: Task
         if task in y and (y[task] >= 0).any():
             out[task] = task_metrics(y[task], probs[task].argmax(1), labels)
     return out
+
+
+def evaluate_by_source(state: dict[str, np.ndarray], tasks: Tasks, train, test) -> dict:
+    """Heads `state` on `data.Encoded` train and held-out rows: {"train", "test"} and, with several sources
+    (files), {"by_source": {"<file>:<split>": ...}}, the training report of `mtl train`."""
+    from mtl.heads import predict_proba
+
+    metrics: dict = {"train": evaluate(predict_proba(state, tasks, train.x), train.y, tasks)}
+    if len(test.x):
+        metrics["test"] = evaluate(predict_proba(state, tasks, test.x), test.y, tasks)
+    sources = list(dict.fromkeys([*train.frame["source"], *test.frame["source"]]))
+    if len(sources) > 1:
+        metrics["by_source"] = {}
+        for source in sources:
+            for split, part in (("train", train), ("test", test)):
+                sel = (part.frame["source"] == source).to_numpy()
+                if sel.any():
+                    sub = part.rows(sel)
+                    metrics["by_source"][f"{source}:{split}"] = evaluate(predict_proba(state, tasks, sub.x), sub.y, tasks)
+    return metrics
 
 
 def summary(metrics: dict[str, dict]):
@@ -102,3 +122,20 @@ def format_table(metrics: dict[str, dict], title: str = "") -> str:
         if m.get("n"):
             lines.append(f"{task:<12}{m['n']:>7}{m['accuracy']:>10.3f}{m['macro_f1']:>10.3f}{m['macro_recall']:>11.3f}")
     return "\n".join(lines)
+
+
+def cell_similarity(x: np.ndarray, groups: list[str]):
+    """Mean cosine similarity within each group vs between groups (embeddings are unit length)."""
+    import pandas as pd
+
+    groups = np.asarray(groups)
+    sims = x @ x.T
+    rows = []
+    for g in sorted(set(groups)):
+        inside = groups == g
+        block = sims[np.ix_(inside, inside)]
+        n = int(inside.sum())
+        within = (block.sum() - np.trace(block)) / max(n * (n - 1), 1)
+        between = sims[np.ix_(inside, ~inside)].mean() if (~inside).any() else np.nan
+        rows.append({"cell": g, "n": n, "within": float(within), "between": float(between)})
+    return pd.DataFrame(rows).set_index("cell")

@@ -57,7 +57,7 @@ def loss_curves(history: list[dict], tasks: list[str], path: str | Path, title: 
     return save_figure(fig, path)
 
 
-def confusion(cm: list[list[int]], labels: list[str], task: str, path: str | Path, split: str = "test"):
+def confusion(cm: list[list[int]], labels: list[str], task: str, path: str | Path):
     """Seaborn heatmap of counts, true labels on rows."""
     import matplotlib.pyplot as plt
     import seaborn as sns
@@ -67,7 +67,7 @@ def confusion(cm: list[list[int]], labels: list[str], task: str, path: str | Pat
     ax.tick_params(axis="y", labelrotation=0)
     n = int(np.sum(cm))
     acc = np.trace(np.array(cm)) / max(n, 1)
-    ax.set(xlabel="predicted label", ylabel="true label", title=f"{task}: {split} split, n={n}, accuracy {acc:.3f}")
+    ax.set(xlabel="predicted label", ylabel="true label", title=f"{task}: test split, n={n}, accuracy {acc:.3f}")
     fig.tight_layout()
     return save_figure(fig, path)
 
@@ -109,14 +109,14 @@ def embedding_map(x: np.ndarray, colour_by: dict[str, list[str]], path: str | Pa
     return save_figure(fig, path), note
 
 
-def text_lengths(df, path: str | Path, by: str = "topic"):
-    """Histogram of words per text, split by one label column."""
+def text_lengths(df, path: str | Path):
+    """Histogram of words per text, stacked by topic."""
     import matplotlib.pyplot as plt
     import seaborn as sns
 
     words = df["text"].str.split().str.len().rename("words")
     fig, ax = plt.subplots(figsize=(7, 4))
-    sns.histplot(x=words, hue=df[by] if by in df else None, multiple="stack", binwidth=2, ax=ax)
+    sns.histplot(x=words, hue=df["topic"] if "topic" in df else None, multiple="stack", binwidth=2, ax=ax)
     ax.set(title=f"Text length (n={len(df)})", xlabel="words per text", ylabel="number of texts")
     fig.tight_layout()
     return save_figure(fig, path)
@@ -136,23 +136,71 @@ def lr_comparison(results: dict[float, list[dict]], tasks: list[str], path: str 
     return save_figure(fig, path)
 
 
-def sharing_scores(scores, path: str | Path):
-    """Each sharing mode's score on each set with its 95 % bootstrap CI (seed-0 model), multi- next to single-task."""
+def forest(diffs, path: str | Path, title: str, label: str = "A - B"):
+    """Paired differences with their 95 % CIs, one row per (pair, set): the answer to "does A beat B?" at a glance.
+
+    `diffs` has columns `A`, `B`, `set`, `A_minus_B`, `ci_lo`, `ci_hi` (`research.stats.paired_table`)."""
     import matplotlib.pyplot as plt
 
-    sets = list(dict.fromkeys(scores["set"]))
-    methods = list(dict.fromkeys(scores["method"]))
-    fig, axes = plt.subplots(1, len(sets), figsize=(2.6 * len(sets), 3.6), squeeze=False, sharey=False)
-    for ax, name in zip(axes[0], sets):
-        rows = scores[scores["set"] == name].set_index("method").loc[methods]
-        pos = np.arange(len(methods))
-        colours = ["tab:blue" if m.startswith("multi") else "tab:orange" for m in methods]
-        err = np.vstack([rows["seed0"] - rows["seed0_ci_lo"], rows["seed0_ci_hi"] - rows["seed0"]])
-        for i in pos:
-            ax.errorbar(i, rows["seed0"].iloc[i], yerr=err[:, i : i + 1], fmt="o", color=colours[i], capsize=3)
-        ax.set_xticks(pos, [m.replace("-task ", "\n") for m in methods], fontsize=7, rotation=90)
-        ax.set_title(f"{name}\n({rows['metric'].iloc[0].replace('_', '-')}, n={rows['n'].iloc[0]})", fontsize=8)
-    axes[0][0].set_ylabel("score, 95 % bootstrap CI (seed 0)")
-    fig.suptitle("Sharing modes: multi-task (blue) vs single-task (orange), trained on curated train only", fontsize=9)
+    pairs = list(dict.fromkeys(zip(diffs["A"], diffs["B"])))
+    sets = list(dict.fromkeys(diffs["set"]))
+    fig, axes = plt.subplots(1, len(pairs), figsize=(3.4 * len(pairs), 0.45 * len(sets) + 1.6), sharey=True, squeeze=False)
+    for ax, (a, b) in zip(axes[0], pairs):
+        rows = diffs[(diffs["A"] == a) & (diffs["B"] == b)].set_index("set").reindex(sets)
+        pos = np.arange(len(sets))[::-1]
+        clear = (rows["ci_lo"] > 0) | (rows["ci_hi"] < 0)
+        for y, (_, r), c in zip(pos, rows.iterrows(), clear):
+            ax.errorbar(r["A_minus_B"], y, xerr=[[r["A_minus_B"] - r["ci_lo"]], [r["ci_hi"] - r["A_minus_B"]]], fmt="o",
+                        color="tab:red" if c else "tab:gray", capsize=3)
+        ax.axvline(0, color="black", lw=0.8)
+        ax.set_yticks(pos, sets, fontsize=8)
+        ax.set_title(f"{a}\nminus {b}", fontsize=8)
+        ax.set_xlabel(label, fontsize=8)
+    fig.suptitle(title + " (95 % paired bootstrap CI; red: excludes 0)", fontsize=9)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def learning_curves(curves, path: str | Path, title: str):
+    """Multi- minus single-task against labels per class, with the paired 95 % CI as a band; one panel per
+    (few-label task, scored set), one line per sharing mode. `curves`: `research.stats.paired_table` rows with
+    columns few, mode and k added."""
+    import matplotlib.pyplot as plt
+
+    panels = list(dict.fromkeys(zip(curves["few"], curves["set"])))
+    cols = min(3, len(panels))
+    rows_n = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows_n, cols, figsize=(4.2 * cols, 3.2 * rows_n), squeeze=False)
+    for ax, (few, name) in zip(axes.flat, panels):
+        sub = curves[(curves["few"] == few) & (curves["set"] == name)]
+        ks = list(dict.fromkeys(sub["k"]))
+        xs = np.arange(len(ks))
+        for mode, part in sub.groupby("mode", sort=False):
+            part = part.set_index("k").reindex(ks)
+            ax.plot(xs, part["A_minus_B"], marker="o", label=mode)
+            ax.fill_between(xs, part["ci_lo"].astype(float), part["ci_hi"].astype(float), alpha=0.2)
+        ax.axhline(0, color="black", lw=0.8)
+        ax.set_xticks(xs, [str(k) for k in ks])
+        ax.set(title=f"{few} few-labelled; scored on {name}", xlabel=f"{few} labels per class", ylabel="multi − single")
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_axis_off()
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def tradeoff(scores, x_set: str, y_set: str, path: str | Path, title: str):
+    """Each model's score on two sets with 95 % CIs (`research.external.score_table` rows): a trade-off at a glance."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.2, 4.6))
+    for model, part in scores.groupby("model", sort=False):
+        px, py = part.set_index("set").loc[x_set], part.set_index("set").loc[y_set]
+        ax.errorbar(px["estimate"], py["estimate"], xerr=[[px["estimate"] - px["ci_lo"]], [px["ci_hi"] - px["estimate"]]],
+                    yerr=[[py["estimate"] - py["ci_lo"]], [py["ci_hi"] - py["estimate"]]], fmt="o", capsize=3, label=model)
+    ax.set(xlabel=f"{x_set} ({scores.set_index('set').loc[x_set, 'metric'].iloc[0].replace('_', '-')})",
+           ylabel=f"{y_set} ({scores.set_index('set').loc[y_set, 'metric'].iloc[0].replace('_', '-')})", title=title)
+    ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     return save_figure(fig, path)

@@ -14,7 +14,7 @@ import math
 
 import numpy as np
 
-from mtl.embed import EmbedSpec
+from mtl.engine.embed import EmbedSpec
 from mtl.errors import MTLError
 from mtl.tasks import LABEL_DESCRIPTIONS, Tasks
 
@@ -30,7 +30,7 @@ def descriptions(tasks: Tasks) -> dict[str, list[str]]:
 
 def prototypes(tasks: Tasks, spec: EmbedSpec | None = None) -> dict[str, np.ndarray]:
     """task -> (n_labels, dim) description vectors, embedded like the data (same spec: backend, layers)."""
-    from mtl.embed import encode
+    from mtl.engine.embed import encode
 
     return {task: encode(desc, spec, verbose=False)[0] for task, desc in descriptions(tasks).items()}
 

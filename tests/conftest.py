@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from mtl import paths
+from mtl.engine.devices import cuda_available
 
 ROOT = paths.ROOT
 
@@ -22,17 +23,6 @@ SENTENCES = [
     "Short one.",
     "The minister will publish the report next week, officials said on Monday in the capital city.",
 ]
-
-
-def cuda_available() -> bool:
-    """CUDA usable by torch (checked without importing torch where no NVIDIA driver exists)."""
-    from mtl.encoders import _maybe_accelerator
-
-    if not _maybe_accelerator():
-        return False
-    import torch
-
-    return torch.cuda.is_available()
 
 
 def pytest_collection_modifyitems(config, items):
@@ -48,8 +38,8 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory):
     """Default training run on the shipped data, written to a temp folder."""
-    from mtl.pipeline import train_from_csv
-    from mtl.train import TrainConfig
+    from mtl.config import TrainConfig
+    from mtl.train import train_from_csv
 
     out = tmp_path_factory.mktemp("model")
     res = train_from_csv(None, config=TrainConfig(device="cpu"), out=out / "model.safetensors", metrics_out=out / "metrics.json", verbose=False)

@@ -52,10 +52,11 @@ def test_train_flags_are_used(tmp_path):
 @pytest.mark.slow
 def test_layers_flag_is_stored_and_used_by_predict(tmp_path):
     """A checkpoint trained on layers 4-6 must be fed layers 4-6 at predict time (the metadata says so)."""
-    from mtl.embed import EmbedSpec, encode
-    from mtl.encoders import backend_of
+    from helpers import backend_of
+
+    from mtl.engine.embed import EmbedSpec, encode
     from mtl.heads import predict_proba
-    from mtl.pipeline import load_model
+    from mtl.predict import load_model
 
     out, cache = tmp_path / "m.safetensors", tmp_path / "cache"
     r = run_cli("train", "--layers", "4-6", "--epochs", "20", "--out", str(out), "--metrics", str(tmp_path / "m.json"), "--cache-dir", str(cache))
@@ -231,7 +232,7 @@ def test_help_of_every_command_is_clean():
 
 def test_predict_from_stdin_on_a_cpu_imports_neither_torch_nor_pandas(trained):
     """What keeps `mtl predict` starting in under a second: numpy heads, ONNX encoder, no heavy imports."""
-    from mtl.encoders import _maybe_accelerator
+    from mtl.engine.devices import _maybe_accelerator
 
     if _maybe_accelerator():
         pytest.skip("with a GPU present, `auto` imports torch to use it")

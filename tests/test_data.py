@@ -6,8 +6,9 @@ import pandas as pd
 import pytest
 
 from mtl import paths
-from mtl.data import label_ids, load_dataset, normalise, read_inputs
+from mtl.data import label_ids, load_dataset, normalise
 from mtl.errors import MTLError
+from mtl.inputs import read_all
 from mtl.tasks import DEFAULT_TASKS, parse_tasks
 
 
@@ -39,7 +40,7 @@ def test_shipped_data_has_no_duplicates_after_folding(df):
 def test_shipped_data_lengths_and_test_sentences(df):
     words = df["text"].str.split().str.len()
     assert words.min() >= 6 and words.max() <= 45  # news-wire leads run to 41 words
-    assert len([t for t in read_inputs(paths.TEST_SENTENCES) if t.strip()]) >= 3
+    assert len([t for t in read_all([str(paths.TEST_SENTENCES)]) if t.strip()]) >= 3
 
 
 def test_label_ids_mask_missing_labels(tmp_path):
@@ -112,7 +113,21 @@ def test_nan_text_is_kept_as_text_and_nan_label_is_rejected(tmp_path):
 def test_read_inputs_keeps_empty_lines(tmp_path):
     p = tmp_path / "in.txt"
     p.write_text("first\n\nthird\n")
-    assert read_inputs(p) == ["first", "", "third"]
+    assert read_all([str(p)]) == ["first", "", "third"]
+
+
+def test_one_truncation_rule_for_labelled_rows_and_texts_to_label(tmp_path):
+    """Both readers cut long text at MAX_CHARS with one warning per file naming the first long line."""
+    from mtl.data import MAX_CHARS
+
+    long = "word " * 3000
+    (tmp_path / "in.txt").write_text(f"short\n{long}\n{long}\n")
+    (tmp_path / "in.csv").write_text(f"text,topic\nshort,sports\n{long},sports\n")
+    with pytest.warns(UserWarning, match=r"in.txt: 2 text\(s\) longer than 5,000 characters truncated \(first at line 2\)"):
+        texts = read_all([str(tmp_path / "in.txt")])
+    with pytest.warns(UserWarning, match=r"in.csv: 1 text\(s\) longer than 5,000 characters truncated \(first at line 3\)"):
+        df = load_dataset(tmp_path / "in.csv")
+    assert [len(t) for t in texts] == [5, MAX_CHARS, MAX_CHARS] and len(df.loc[1, "text"]) == MAX_CHARS
 
 
 def test_parse_tasks():

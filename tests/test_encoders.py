@@ -6,9 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from conftest import SENTENCES, cuda_available, run_cli
+from helpers import FP32_EXACT
 
-from mtl.embed import EmbedSpec, encode
-from mtl.encoders import FP32_EXACT, MODES, auto_backend, length_batches, resolve_backend
+from mtl.engine.devices import MODES, auto_backend, resolve_backend
+from mtl.engine.embed import EmbedSpec, encode
+from mtl.engine.tokens import length_batches
 from mtl.errors import MTLError
 
 SENTENCES = [*SENTENCES, "love it 😍 what a goal!!"]  # an emoji too: it reaches the backbone spelled out
@@ -26,14 +28,14 @@ def reference():
     """Plain sentence-transformers in fp32 on the CPU: what every backend is held to."""
     from sentence_transformers import SentenceTransformer
 
-    from mtl.backbone import resolve_backbone
-    from mtl.embed import backbone_text
+    from mtl.engine.backbone import resolve_backbone
+    from mtl.engine.tokens import backbone_text
 
-    model = SentenceTransformer(resolve_backbone().path, device="cpu")
+    model = SentenceTransformer(str(resolve_backbone().folder), device="cpu")
     return model.encode([backbone_text(t) for t in SENTENCES], normalize_embeddings=True)
 
 
-@pytest.mark.parametrize("backend", [b if b == "onnx" else pytest.param(b, marks=pytest.mark.slow) for b in runnable_backends()])
+@pytest.mark.parametrize("backend", [b if b in ("onnx", "torch") else pytest.param(b, marks=pytest.mark.slow) for b in runnable_backends()])
 def test_every_backend_matches_sentence_transformers(reference, backend, tmp_path):
     x, stats = encode(SENTENCES, EmbedSpec(backend=backend, cache_dir=tmp_path))
     assert stats.mode == MODES[backend] and stats.encoded == len(SENTENCES)
@@ -47,7 +49,7 @@ def test_default_is_fp32_exact_on_every_cpu(monkeypatch):
     monkeypatch.delenv("MTL_BACKEND", raising=False)
     assert resolve_backend("auto", "cpu") in FP32_EXACT
     for flags in ({"avx2"}, {"avx2", "avx512f", "avx512_bf16", "avx512_vnni"}, {"amx_bf16"}, set()):
-        monkeypatch.setattr("mtl.encoders.cpu_flags", lambda f=flags: f)
+        monkeypatch.setattr("mtl.engine.devices.cpu_flags", lambda f=flags: f)
         assert resolve_backend("auto", "cpu") == "onnx-fp32"
     assert resolve_backend("auto", "cuda") == "torch-fp16"
 
@@ -87,7 +89,7 @@ def test_length_batches_sort_cover_and_respect_the_budget(budget, max_rows):
 @pytest.mark.slow
 def test_the_torch_pipeline_keeps_input_order_across_windows(tmp_path, monkeypatch):
     """Texts cross several producer windows and batches; each vector must land on its own row."""
-    monkeypatch.setattr("mtl.encoders.WINDOW", 4)
+    monkeypatch.setattr("mtl.engine.torch_encoder.WINDOW", 4)
     texts = [f"{'very ' * (i % 7)}short sentence number {i}" for i in range(23)]
     x, _ = encode(texts, EmbedSpec(backend="torch", device="cpu", cache_dir=tmp_path))
     y, _ = encode(texts, EmbedSpec(backend="onnx", cache_dir=tmp_path))
@@ -101,10 +103,16 @@ def test_info_names_the_cpu_and_the_backend_auto_picks():
 
 
 @pytest.mark.gpu
-def test_gpu_default_pipeline_matches_fp32_and_labels(reference, tmp_path):
+def test_gpu_default_pipeline_matches_fp32_and_labels(reference, trained, tmp_path):
+    from mtl.heads import predict_proba
+
     x, stats = encode(SENTENCES, EmbedSpec(device="cuda", cache_dir=tmp_path))
     assert stats.mode == "torch-fp16"
     assert (x * reference).sum(1).min() >= 0.999
+    tasks = trained["meta"]["tasks"]
+    gpu, cpu = predict_proba(trained["state"], tasks, x), predict_proba(trained["state"], tasks, reference)
+    for task in tasks:  # the default heads give every sentence the same label from fp16 GPU vectors as from fp32 ones
+        assert (gpu[task].argmax(1) == cpu[task].argmax(1)).all(), task
 
 
 @pytest.mark.gpu

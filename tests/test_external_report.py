@@ -1,12 +1,13 @@
-"""External report functions on a stand-in folder (hand-written rows under the real file names), and the skip."""
+"""External sets on a stand-in folder (hand-written rows under the real file names), the skip, and the adaptation CV."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
-from mtl import external
-from mtl.pipeline import train_from_csv
-from mtl.train import TrainConfig
+from mtl.config import TrainConfig
+from mtl.research import external
+from mtl.train import train_from_csv
 
 SPORT = ["The striker scored twice in the cup final.", "The coach praised the young goalkeeper after the match.",
          "Fans cheered as the relay team broke the record.", "The tennis champion lost in straight sets."]
@@ -17,9 +18,11 @@ POLITICS = ["The senate passed the budget bill on Tuesday.", "The minister resig
 def test_missing_sets_are_skipped_with_a_message(tmp_path, capsys):
     assert external.report_sets(tmp_path) == {}
     assert "financial_phrasebank_sentiment.csv" in capsys.readouterr().out
+    assert external.folder_or_none(tmp_path / "absent") is None and external.report_sets(None) == {}
+    assert "never inside it" in capsys.readouterr().out
 
 
-def test_checkpoint_report_gives_each_set_a_ci_around_its_score(tmp_path):
+def test_score_table_gives_each_set_a_ci_around_its_score(tmp_path):
     folder = tmp_path / "external"
     folder.mkdir()
     rows = [f'"{t}",sports' for t in SPORT] + [f'"{t}",politics' for t in POLITICS]
@@ -27,44 +30,47 @@ def test_checkpoint_report_gives_each_set_a_ci_around_its_score(tmp_path):
     res = train_from_csv(None, config=TrainConfig(epochs=20, device="cpu"), out=tmp_path / "m.safetensors", metrics_out=tmp_path / "m.json",
                          verbose=False)
     assert res["metrics"]["test"]["topic"]["accuracy"] > 0.9
-    table = external.checkpoint_report({"default": tmp_path / "m.safetensors"}, folder, n_boot=200)
+    sets = external.load_sets(folder)
+    table = external.score_table({"default": external.heads_predict(res["state"], res["meta"]["tasks"], sets)}, sets, n_boot=200)
     assert list(table["set"]) == ["AG News"] and table["n"].iloc[0] == 8 and table["metric"].iloc[0] == "accuracy"
     row = table.iloc[0]
     assert row["ci_lo"] <= row["estimate"] <= row["ci_hi"] and row["estimate"] >= 0.75
+    assert external.wide(table).loc["default", "AG News"] == f"{row['estimate']:.3f} [{row['ci_lo']:.3f}, {row['ci_hi']:.3f}]"
 
 
 @pytest.mark.parametrize("name", list(external.REPORT_SETS))
 def test_every_report_set_names_a_task_and_a_metric_the_project_scores(name):
     file, task, metric = external.REPORT_SETS[name]
     assert file.endswith(".csv") and task in ("topic", "sentiment") and metric in ("accuracy", "macro_recall")
+    assert file not in external.TRAINING_FILES or name == "BBC"  # only BBC is both reported and trained on
 
 
 @pytest.mark.slow
-def test_adapt_cv_report_chooses_on_val_folds_then_reads_test_once(tmp_path, monkeypatch):
-    """The stretch recipe on small samples of the real files (written to tmp, never into the repo)."""
-    import pandas as pd
-    from conftest import external as external_file
-
-    from mtl import data as data_module
+def test_adapt_cv_scores_held_out_val_folds_with_the_base_rows_always_in_training(monkeypatch):
+    """The adaptation CV (09): every held-out fold is pool (val) rows the fold's model never trained on, the base rows
+    train every fold, and each epoch count is scored from one run per fold."""
     from mtl import paths
-    from mtl.checkpoint import Checkpoint
-    from mtl.heads import build_heads, state_to_numpy
+    from mtl.config import Adapt, Recipe
+    from mtl.data import load_encoded
+    from mtl.engine.backbone import resolve_backbone
+    from mtl.engine.embed import EmbedSpec
+    from mtl.research import adapt as adapt_module
     from mtl.tasks import DEFAULT_TASKS
 
-    for name, n in ((external.BBC, 40), (external.TWEET_VAL, 60), (external.TWEET_TEST, 60)):
-        pd.read_csv(external_file(name)).sample(n, random_state=0).to_csv(tmp_path / name, index=False)
-    curated = pd.read_csv(paths.DATA_CSV)
-    curated = curated[curated["split"] == "train"].sample(60, random_state=0)  # the curated rows are always in training: keep it small
-    curated.to_csv(tmp_path / "curated.csv", index=False)
-    monkeypatch.setattr(paths, "DATA_CSV", tmp_path / "curated.csv")
-    opened: list[str] = []
-    real = data_module.read_table
-    monkeypatch.setattr(data_module, "read_table", lambda p: opened.append(str(p)) or real(p))
-    model_b = Checkpoint(state_to_numpy(build_heads(DEFAULT_TASKS, 384)), {"tasks": DEFAULT_TASKS, "layers": "last", "config": {}})
-    cv, result = external.adapt_cv_report(tmp_path, ("last", TrainConfig(epochs=5)), model_b, unfreezes=(1,), max_epochs=2, folds=2)
-    assert list(zip(cv["unfreeze"], cv["epochs"])) == [(1, 1), (1, 2)] and cv["cv_macro_recall_mean"].between(0, 1).all()
-    assert result["epochs"] in (1, 2) and result["n_test"] == 60 and result["n_train"] == 60 + 40 + 60 and result["train_seconds"] > 0
-    assert result["ci_lo"] <= result["test_macro_recall"] <= result["ci_hi"] and "minus_frozen_b" in result
-    test_reads = [p for p in opened if p.endswith(external.TWEET_TEST)]
-    assert len(test_reads) == 1 and opened.index(test_reads[0]) == len(opened) - 1  # test is read once, after the choice
-    assert not [p for p in opened if "financial_phrasebank" in p or "agnews" in p]
+    enc = load_encoded([paths.DATA_CSV], DEFAULT_TASKS, EmbedSpec(backend="onnx"), verbose=False)[0].split()[0]
+    rng = np.random.default_rng(0)
+    idx = rng.permutation(len(enc.x))
+    base = enc.rows(np.isin(np.arange(len(enc.x)), idx[:30]))
+    pool = enc.rows(np.isin(np.arange(len(enc.x)), idx[30:90]) & (enc.y["sentiment"] >= 0))
+    trained_on: list[set[str]] = []
+    real = adapt_module.probe_then_adapt
+    monkeypatch.setattr(adapt_module, "probe_then_adapt", lambda rows, *a, **kw: trained_on.append(set(rows.frame["text"])) or real(rows, *a, **kw))
+    recipe = Recipe("last", TrainConfig(epochs=5, device="cpu"))
+    prefixes = {1: adapt_module.Prefix(resolve_backbone(), 1, "last", "cpu")}
+    table = adapt_module.adapt_cv(base, pool, "sentiment", DEFAULT_TASKS, recipe, [Adapt(unfreeze=1, epochs=2)], prefixes, folds=2)
+    assert list(zip(table["unfreeze"], table["epochs"])) == [(1, 1), (1, 2)] and table["cv_macro_recall_mean"].between(0, 1).all()
+    assert len(trained_on) == 2  # one run per fold serves both epoch counts
+    pool_texts = set(pool.frame["text"])
+    held = [pool_texts - seen for seen in trained_on]
+    assert all(set(base.frame["text"]) <= seen for seen in trained_on)
+    assert held[0].isdisjoint(held[1]) and held[0] | held[1] == pool_texts  # each val row is held out exactly once

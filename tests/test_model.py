@@ -9,12 +9,13 @@ from conftest import SENTENCES
 
 from mtl import paths
 from mtl.checkpoint import check_compatible, load_checkpoint, save_checkpoint
-from mtl.embed import EmbedSpec, encode
+from mtl.config import TrainConfig
+from mtl.engine.embed import EmbedSpec, encode
 from mtl.errors import MTLError
 from mtl.heads import build_heads, predict_proba, state_to_numpy
-from mtl.pipeline import predict
+from mtl.predict import predict
 from mtl.tasks import DEFAULT_TASKS, MIN_HELD_OUT_ACCURACY
-from mtl.train import TrainConfig, train
+from mtl.train import train
 
 
 def test_all_missing_labels_for_a_task_give_finite_loss_and_no_gradient():
@@ -68,7 +69,7 @@ def test_checkpoint_for_other_backbone_or_labels_is_refused(trained):
 
 
 def test_same_seed_same_numbers_different_seed_recorded(tmp_path):
-    from mtl.pipeline import train_from_csv
+    from mtl.train import train_from_csv
 
     runs = [
         train_from_csv(None, config=TrainConfig(epochs=20, seed=s, device="cpu"), out=tmp_path / f"m{i}.safetensors", metrics_out=tmp_path / f"m{i}.json", verbose=False)
@@ -127,14 +128,14 @@ def test_layer_average_is_the_same_on_both_backends_and_differs_from_last(tmp_pa
 
 @pytest.mark.parametrize("spec, want", [("last", None), ("6", None), ("6-6", None), ("4-6", (4, 6)), ("3", (3, 3)), (" 1-6 ", (1, 6))])
 def test_parse_layers(spec, want):
-    from mtl.backbone import parse_layers
+    from mtl.engine.backbone import parse_layers
 
     assert parse_layers(spec, 6) == want
 
 
 @pytest.mark.parametrize("spec", ["0-3", "4-9", "5-4", "a-b", "", "4-", "-6"])
 def test_parse_layers_rejects(spec):
-    from mtl.backbone import parse_layers
+    from mtl.engine.backbone import parse_layers
 
     with pytest.raises(MTLError, match="--layers"):
         parse_layers(spec, 6)
@@ -152,13 +153,13 @@ def test_parse_layers_rejects(spec):
     ],
 )
 def test_backbone_text_spells_out_emoji_the_vocabulary_lacks(raw, want):
-    from mtl.embed import backbone_text
+    from mtl.engine.tokens import backbone_text
 
     assert backbone_text(raw) == want
 
 
 def test_plain_text_reaches_the_backbone_unchanged():
-    from mtl.embed import backbone_text
+    from mtl.engine.tokens import backbone_text
 
     text = "The striker scored twice in the derby."
     assert backbone_text(text) is text
@@ -208,10 +209,13 @@ def test_shipped_data_uses_the_project_cache():
 def test_finetune_trains_only_the_top_layers_and_pools_like_the_frozen_path(tmp_path):
     import copy
 
-    from mtl.backbone import resolve_backbone, torch_embedding
+    from helpers import torch_embedding
+
+    from mtl.config import Adapt, Recipe
     from mtl.data import label_ids, load_dataset
-    from mtl.embed import backbone_text
-    from mtl.finetune import finetune, load_sentence_transformer, predict_finetuned
+    from mtl.engine.backbone import resolve_backbone, sentence_transformer
+    from mtl.engine.tokens import backbone_text
+    from mtl.research.adapt import Prefix, finetune, predict_finetuned
 
     df = load_dataset(paths.DATA_CSV).head(40)
     y = label_ids(df, DEFAULT_TASKS)
@@ -219,14 +223,16 @@ def test_finetune_trains_only_the_top_layers_and_pools_like_the_frozen_path(tmp_
     init = train(x, y, DEFAULT_TASKS, TrainConfig(epochs=5, device="cpu"))[0]
     before = copy.deepcopy(init.state_dict())
 
-    fresh = load_sentence_transformer(resolve_backbone().path)
+    backbone = resolve_backbone()
+    fresh = sentence_transformer(backbone)
     with torch.no_grad():
         same = torch_embedding(fresh, list(df["text"][:5]), (4, 6)).numpy()
     assert (same * x[:5]).sum(1).min() >= 0.9999  # fine-tuning starts from exactly the frozen features
 
     seen = []  # on_epoch runs after each epoch, in eval mode (CV scores every epoch count from one run)
-    model, heads, prefix, _ = finetune(list(df["text"]), y, DEFAULT_TASKS, unfreeze=1, epochs=2, layers="4-6", init_heads=init, verbose=False,
-                                       on_epoch=lambda e, m, h, p: seen.append((e, m.training, h.training)))
+    prefix = Prefix(backbone, 1, "4-6", "cpu")
+    model, heads, _ = finetune(list(df["text"]), y, DEFAULT_TASKS, Recipe("4-6", TrainConfig(device="cpu")), Adapt(unfreeze=1, epochs=2), prefix,
+                               init_heads=init, verbose=False, on_epoch=lambda e, m, h: seen.append((e, m.training, h.training)))
     assert seen == [(1, False, False), (2, False, False)]
     assert (prefix.frozen, prefix.span) == (5, (4, 6))
     with torch.no_grad():  # the stored frozen-layer states + top layer give what the whole backbone gives
@@ -244,7 +250,7 @@ def test_finetune_trains_only_the_top_layers_and_pools_like_the_frozen_path(tmp_
 @pytest.fixture(scope="module")
 def curated_train():
     """Curated train rows, their (cached) embeddings and the label-description vectors."""
-    from mtl.pipeline import load_encoded
+    from mtl.data import load_encoded
     from mtl.prior import prototypes
 
     spec = EmbedSpec(backend="onnx")
@@ -292,3 +298,22 @@ def test_by_group_scores_each_domain_on_its_labelled_rows_only():
     assert table.loc["x", "topic accuracy"] == "0.500" and table.loc["x", "topic n"] == 2
     assert table.loc["y", "topic n"] == "" and table.loc["y", "sentiment accuracy"] == "0.500"
     assert table.loc["x", "sentiment accuracy"] == "1.000"
+
+
+def test_a_layer_choice_travels_from_training_to_predict(tmp_path):
+    """Fast counterpart of the CLI test: heads trained on layers 4-6 are fed layers 4-6 by `predict`, which the
+    caller does not name (the checkpoint does)."""
+    from mtl.train import train_from_csv
+
+    out = tmp_path / "m.safetensors"
+    train_from_csv(None, config=TrainConfig(epochs=3, device="cpu"), spec=EmbedSpec(backend="onnx", layers="4-6"), out=out,
+                   metrics_out=tmp_path / "m.json", verbose=False)
+    ckpt = load_checkpoint(out)
+    assert ckpt.layers == "4-6"
+    texts = ["The striker scored twice in a wonderful win.", "The council will vote on the budget on Monday."]
+    rows = predict(texts, out, EmbedSpec(backend="onnx"))
+    x46, x_last = (encode(texts, EmbedSpec(backend="onnx", layers=lay))[0] for lay in ("4-6", "last"))
+    for task in DEFAULT_TASKS:
+        got = np.array([list(r[f"{task}_probs"].values()) for r in rows])
+        np.testing.assert_allclose(got, predict_proba(ckpt.state, ckpt.tasks, x46)[task], atol=1e-4)
+        assert np.abs(got - predict_proba(ckpt.state, ckpt.tasks, x_last)[task]).max() > 1e-3  # the wrong layers would differ

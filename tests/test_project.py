@@ -32,7 +32,7 @@ def _pyproject_reqs() -> dict[str, str]:
 @pytest.mark.parametrize("nb", NOTEBOOKS, ids=[n.name for n in NOTEBOOKS])
 def test_notebook_is_stored_clean_with_one_parameters_cell(nb):
     """Stripped: no outputs, no counts. The output nbval checks lives in notebooks/checked_outputs.json."""
-    from mtl.notebooks import CHECK_MARK, CHECKED_OUTPUTS
+    from mtl.nbtools.run import CHECK_MARK, CHECKED_OUTPUTS
 
     data = json.loads(nb.read_text())
     code = [c for c in data["cells"] if c["cell_type"] == "code"]

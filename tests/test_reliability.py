@@ -15,7 +15,7 @@ import pytest
 from conftest import ROOT, run_cli
 
 from mtl.checkpoint import load_checkpoint
-from mtl.embed import EmbedSpec, encode
+from mtl.engine.embed import EmbedSpec, encode
 
 
 @pytest.mark.slow
@@ -24,19 +24,15 @@ def test_sigkill_during_checkpoint_write_keeps_the_previous_checkpoint(trained, 
     target.write_bytes(trained["path"].read_bytes())
     before = target.read_bytes()
     marker = tmp_path / "writing"
-    # A child that trains, then writes its checkpoint slowly (half the bytes, pause, the rest).
+    # A child that trains and saves with the real code path (mtl.checkpoint.write_bytes -> atomic_path); only
+    # os.fsync is slowed, so the kill lands after the new bytes are in the temp file and before the rename.
     child = textwrap.dedent(
         f"""
-        import time, pathlib, mtl.atomic as atomic
-        def slow_write(path, data):
-            with atomic.atomic_path(path) as tmp:
-                with open(tmp, "wb") as fh:
-                    fh.write(data[: len(data) // 2]); fh.flush()
-                    pathlib.Path({str(marker)!r}).touch()
-                    time.sleep(60)
-                    fh.write(data[len(data) // 2 :])
-        import mtl.checkpoint
-        mtl.checkpoint.write_bytes = slow_write
+        import os, pathlib, time
+        def slow_fsync(fd):
+            pathlib.Path({str(marker)!r}).touch()
+            time.sleep(60)
+        os.fsync = slow_fsync
         from mtl.cli import main
         main(["train", "--epochs", "2", "--device", "cpu", "--out", {str(target)!r}, "--metrics", {str(tmp_path / 'm.json')!r}])
         """
@@ -48,6 +44,8 @@ def test_sigkill_during_checkpoint_write_keeps_the_previous_checkpoint(trained, 
     assert marker.exists(), "child never reached the checkpoint write"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    (partial,) = tmp_path.glob(".model.safetensors.*")  # the new checkpoint, written but never renamed into place
+    assert partial.stat().st_size > 0 and partial.read_bytes() != before
     assert target.read_bytes() == before
     assert load_checkpoint(target).tasks == trained["meta"]["tasks"]
 
@@ -77,14 +75,14 @@ def test_two_processes_encoding_into_one_cache(tmp_path):
     code = textwrap.dedent(
         f"""
         import sys
-        from mtl.embed import EmbedSpec, encode
+        from mtl.engine.embed import EmbedSpec, encode
         texts = {texts!r}
         part = texts[int(sys.argv[1])::2] + texts[:150]
         encode(part, EmbedSpec(backend="onnx", cache_dir={str(tmp_path)!r}))
         """
     )
-    from mtl.backbone import resolve_backbone
-    from mtl.encoders import export_onnx
+    from mtl.engine.backbone import resolve_backbone
+    from mtl.engine.onnx_encoder import export_onnx
 
     export_onnx(resolve_backbone(), tmp_path)  # the children find the export in the shared cache and only encode
     procs = [subprocess.Popen([sys.executable, "-c", code, str(i)], cwd=ROOT, env={**os.environ, "MTL_CACHE_DIR": str(tmp_path)}) for i in (0, 1)]

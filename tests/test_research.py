@@ -6,9 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mtl.experiments import METHODS, compare
-from mtl.pipeline import train_from_csv
-from mtl.train import TrainConfig
+from mtl.config import TrainConfig
+from mtl.research.compare import METHODS, compare
+from mtl.train import train_from_csv
 
 
 @pytest.mark.slow
@@ -34,7 +34,7 @@ def test_uncertainty_weighting_learns_finite_task_weights(tmp_path):
                          metrics_out=tmp_path / "m.json", verbose=False)
     log_vars = res["meta"]["learned_log_vars"]
     assert len(log_vars) == 2 and np.isfinite(log_vars).all() and log_vars != [0.0, 0.0]
-    assert res["metrics"]["test"]["topic"]["accuracy"] >= 0.9
+    assert res["metrics"]["test"]["topic"]["accuracy"] >= 0.9 and res["metrics"]["test"]["sentiment"]["accuracy"] >= 0.75
 
 
 def test_static_task_weight_changes_only_that_head(tmp_path):

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
 from mtl.checkpoint import load_checkpoint, save_checkpoint
+from mtl.config import TrainConfig
 from mtl.errors import MTLError
 from mtl.heads import build_heads, forward, predict_proba, state_to_numpy
 from mtl.tasks import DEFAULT_TASKS
-from mtl.train import TrainConfig, train
+from mtl.train import train
 
 
 def _toy(n: int = 240, seed: int = 0):
@@ -74,13 +77,18 @@ def test_trunk_checkpoint_round_trips_and_a_bad_trunk_is_refused(tmp_path):
         load_checkpoint(tmp_path / "b.safetensors")
 
 
-def test_checkpoint_without_a_trunk_still_loads_and_predicts(tmp_path):
-    torch.manual_seed(4)
-    state = state_to_numpy(build_heads(DEFAULT_TASKS, 384))
-    assert not any(k.startswith("trunk.") for k in state)
-    save_checkpoint(tmp_path / "old.safetensors", state, _meta())
-    probs = predict_proba(load_checkpoint(tmp_path / "old.safetensors").state, DEFAULT_TASKS, np.ones((2, 384), np.float32))
-    assert probs["sentiment"].shape == (2, 3)
+def test_a_checkpoint_written_before_trunks_and_mixing_existed_still_loads_and_predicts():
+    """tests/fixtures/heads_4bf7e09.safetensors was written by `train_from_csv` at commit 4bf7e09 (20 epochs on the
+    371-row curated set of that day), before `share`, `mix` and the package layout existed."""
+    from mtl.config import TrainConfig
+    from mtl.predict import predict
+
+    path = Path(__file__).parent / "fixtures" / "heads_4bf7e09.safetensors"
+    ckpt = load_checkpoint(path)
+    assert not any(k.startswith("trunk.") for k in ckpt.state) and "mix" not in ckpt.meta["config"]
+    assert TrainConfig.from_meta(ckpt.meta["config"]).mix == TrainConfig().mix  # an old config reads with today's defaults for new fields
+    rows = predict(["The striker scored twice in the cup final.", "The senate passed the budget bill."], path)
+    assert [r["topic"] for r in rows] == ["sports", "politics"]
 
 
 @pytest.mark.parametrize("kw, needle", [({"share": "both"}, "share: expected one of none, trunk"),
@@ -96,12 +104,12 @@ def test_a_task_named_trunk_is_refused_with_a_trunk():
 
 
 def test_trunk_rows_of_the_comparison_train_a_shared_trunk_or_one_per_task(monkeypatch):
-    """`_fit_predict` builds what each row's name says: one trunk for both tasks, or one per task."""
+    """`fit_predict` builds what each row's name says: one trunk for both tasks, or one per task."""
     import mtl.train as train_module
-    from mtl import experiments
+    from mtl.research import compare
 
     built = []
-    real = train_module.train  # _fit_predict imports train at call time, so patching the module is seen
+    real = train_module.train  # fit_predict imports train at call time, so patching the module is seen
 
     def spy(x, y, tasks, config, *rest, **kw):
         built.append((tuple(tasks), config.share))
@@ -110,8 +118,8 @@ def test_trunk_rows_of_the_comparison_train_a_shared_trunk_or_one_per_task(monke
     monkeypatch.setattr(train_module, "train", spy)
     x, y = _toy(60)
     cfg = TrainConfig(epochs=1, trunk_hidden=8)
-    multi = experiments._fit_predict("multi-task trunk", x, y, x, DEFAULT_TASKS, cfg, None)
-    experiments._fit_predict("single-task trunk", x, y, x, DEFAULT_TASKS, cfg, None)
+    multi = compare.fit_predict("multi-task trunk", x, y, x, DEFAULT_TASKS, cfg)
+    compare.fit_predict("single-task trunk", x, y, x, DEFAULT_TASKS, cfg)
     assert built == [(("topic", "sentiment"), "trunk"), (("topic",), "trunk"), (("sentiment",), "trunk")]
     assert multi["sentiment"].shape == (60,)
 
@@ -120,24 +128,27 @@ def test_trunk_rows_of_the_comparison_train_a_shared_trunk_or_one_per_task(monke
 def test_adapted_modes_learn_and_single_task_adapts_one_backbone_per_task(monkeypatch):
     """Sharing mode (b) on real text: a tiny run beats the majority class on held-out rows, and the
     single-task counterpart adapts one backbone copy per task, each on that task's rows only."""
-    from mtl import experiments, finetune, paths
-    from mtl.embed import EmbedSpec
-    from mtl.finetune import Adapt
-    from mtl.pipeline import load_encoded
+    from mtl import paths
+    from mtl.config import Adapt, Recipe
+    from mtl.data import Encoded, load_encoded
+    from mtl.engine.backbone import resolve_backbone
+    from mtl.engine.embed import EmbedSpec
+    from mtl.research import adapt as adapt_module
 
     enc, _ = load_encoded([paths.DATA_CSV], DEFAULT_TASKS, EmbedSpec(backend="onnx"), verbose=False)
     tr, te = enc.split()
     tr_rows = np.flatnonzero((tr.y["topic"] >= 0) & (tr.y["sentiment"] >= 0))[::4][:70]  # 70 rows with both labels keep it fast
-    texts = list(tr.frame["text"])
-    x_tr, y_tr = tr.x[tr_rows], {t: v[tr_rows].copy() for t, v in tr.y.items()}
-    y_tr["sentiment"][:10] = -1  # some rows without a sentiment label: masked out
+    rows = tr.rows(np.isin(np.arange(len(tr.x)), tr_rows))
+    rows = Encoded(rows.frame, rows.x, {t: v.copy() for t, v in rows.y.items()})
+    rows.y["sentiment"][:10] = -1  # some rows without a sentiment label: masked out
     calls = []
-    real = finetune.finetune
-    monkeypatch.setattr(finetune, "finetune", lambda t, y, tasks, **kw: calls.append((list(tasks), len(t))) or real(t, y, tasks, **kw))
-    cfg, adapt = TrainConfig(epochs=30, lr=1e-2), Adapt(unfreeze=1, epochs=1)
+    real = adapt_module.finetune
+    monkeypatch.setattr(adapt_module, "finetune", lambda t, y, tasks, *a, **kw: calls.append((list(tasks), len(t))) or real(t, y, tasks, *a, **kw))
+    recipe, adapt = Recipe("last", TrainConfig(epochs=30, lr=1e-2, device="cpu")), Adapt(unfreeze=1, epochs=1)
+    prefix = adapt_module.Prefix(resolve_backbone(), 1, "last", "cpu")
     te_texts = list(te.frame["text"])
-    multi = experiments.adapt_predict("multi-task adapted", [texts[i] for i in tr_rows], x_tr, y_tr, te_texts, DEFAULT_TASKS, cfg, adapt)
-    single = experiments.adapt_predict("single-task adapted", [texts[i] for i in tr_rows], x_tr, y_tr, te_texts, DEFAULT_TASKS, cfg, adapt)
+    multi = adapt_module.adapt_predict("multi-task adapted", rows, te_texts, DEFAULT_TASKS, recipe, adapt, prefix)
+    single = adapt_module.adapt_predict("single-task adapted", rows, te_texts, DEFAULT_TASKS, recipe, adapt, prefix)
     assert calls == [(["topic", "sentiment"], 70), (["topic"], 70), (["sentiment"], 60)]
     for preds in (multi, single):
         for task in DEFAULT_TASKS:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from mtl.evaluate import task_metrics
-from mtl.stats import bootstrap_ci, paired_bootstrap
+from mtl.research.stats import bootstrap_ci, paired_bootstrap
 
 
 def _labels(n: int = 300, k: int = 3, seed: int = 0) -> np.ndarray:

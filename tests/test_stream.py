@@ -14,14 +14,15 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa  # a hard dependency: a failed import must fail the suite, not skip it
+import pyarrow.parquet as pq
 import pytest
 from conftest import ROOT, run_cli
+from helpers import load_all
 
-from mtl import corpus, paths
-from mtl.cache import EmbeddingCache
-
-pa = pytest.importorskip("pyarrow")
-pq = pytest.importorskip("pyarrow.parquet")
+from mtl import inputs, paths
+from mtl.corpus import stream
+from mtl.engine.cache import EmbeddingCache
 
 
 def short_texts(n: int, tag: str = "") -> list[str]:
@@ -33,7 +34,7 @@ def short_texts(n: int, tag: str = "") -> list[str]:
 @pytest.fixture
 def cache_dir(tmp_path) -> Path:
     """An empty embedding cache that shares the project's ONNX export (so no test re-exports it)."""
-    from mtl.embed import EmbedSpec, encode
+    from mtl.engine.embed import EmbedSpec, encode
 
     if not (paths.CACHE_DIR / "onnx").is_dir():
         encode(["warm up"], EmbedSpec(backend="onnx"))
@@ -71,13 +72,36 @@ def test_cache_answers_only_the_keys_asked_for_through_its_index(tmp_path):
     assert "USING INDEX" in plan or "USING COVERING INDEX" in plan, plan  # a probe per key, never a scan
 
 
+class _no_full_scan:
+    """A connection that fails the test on any query without a WHERE clause (a full read of the cache)."""
+
+    def __init__(self, con):
+        self.con = con
+
+    def __getattr__(self, name):
+        return getattr(self.con, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return self.con.__exit__(*exc)
+
+    def execute(self, sql, *args):
+        if sql.lstrip().upper().startswith("SELECT") and "WHERE" not in sql.upper():
+            pytest.fail(f"encode read the whole cache: {sql}")
+        return self.con.execute(sql, *args)
+
+
 def test_encode_never_reads_the_whole_cache(tmp_path, cache_dir, monkeypatch):
-    from mtl.embed import EmbedSpec, encode
+    from mtl.engine.embed import EmbedSpec, encode
 
     first, stats = encode(["The cup final was great.", "The vote was close."], EmbedSpec(backend="onnx", cache_dir=cache_dir))
-    monkeypatch.setattr(EmbeddingCache, "load", lambda self: pytest.fail("encode read the whole cache"))
+    asked, real = [], EmbeddingCache.get_many
+    monkeypatch.setattr(EmbeddingCache, "get_many", lambda self, keys: asked.append(len(keys)) or real(self, keys))
+    monkeypatch.setattr(sqlite3, "connect", lambda *a, real_connect=sqlite3.connect, **kw: _no_full_scan(real_connect(*a, **kw)))
     again, stats = encode(["The vote was close.", "A new sentence."], EmbedSpec(backend="onnx", cache_dir=cache_dir))
-    assert (stats.cached, stats.encoded) == (1, 1)
+    assert asked == [2] and (stats.cached, stats.encoded) == (1, 1)  # the two keys asked for, by index, nothing more
     np.testing.assert_array_equal(again[0], first[1])
 
 
@@ -121,7 +145,7 @@ def test_concurrent_writer_processes_lose_nothing(tmp_path):
     code = textwrap.dedent(
         f"""
         import sys, numpy as np
-        from mtl.cache import EmbeddingCache
+        from mtl.engine.cache import EmbeddingCache
         cache = EmbeddingCache({str(tmp_path)!r}, "backbone", "mode")
         me = int(sys.argv[1])
         for step in range(40):  # many small transactions, interleaved with the other writers
@@ -133,7 +157,7 @@ def test_concurrent_writer_processes_lose_nothing(tmp_path):
     )
     procs = [subprocess.Popen([sys.executable, "-c", code, str(i)], cwd=ROOT) for i in range(4)]
     assert [p.wait(timeout=120) for p in procs] == [0, 0, 0, 0]
-    stored = EmbeddingCache(tmp_path, "backbone", "mode").load()
+    stored = load_all(EmbeddingCache(tmp_path, "backbone", "mode"))
     assert len(stored) == 4 * 40 * 25 + 25  # own keys + the 25 every writer wrote
     assert all(float(v[0]) == int.from_bytes(k, "big") for k, v in stored.items())
 
@@ -146,9 +170,9 @@ def test_prune_drops_the_least_recently_used(tmp_path):
         con.execute("UPDATE emb SET used = used - 30")  # all unused for a month...
     cache.get_many(keys[:20])  # ...except 20 read today
     assert cache.prune(max_entries=50) == 50
-    assert set(keys[:20]) <= set(cache.load())  # load() does not mark entries as used
+    assert set(keys[:20]) <= set(load_all(cache))  # reading every row does not mark entries as used
     assert cache.prune(older_than_days=10) == 30
-    assert set(cache.load()) == set(keys[:20])
+    assert set(load_all(cache)) == set(keys[:20])
 
 
 def test_cache_info_and_prune_commands(tmp_path):
@@ -180,22 +204,22 @@ def write_formats(folder: Path, texts: list[str]) -> dict[str, Path]:
 def test_every_input_format_gives_the_same_rows_in_order(tmp_path):
     texts = [f"Sentence {i}, with \"quotes\" and ü" if i % 5 else "" for i in range(40)]
     for k, path in write_formats(tmp_path, texts).items():
-        assert [t for b in corpus.read_texts(str(path)) for t in b] == texts, k
+        assert [t for b in inputs.read_texts(str(path)) for t in b] == texts, k
     # a glob over several files, cut into chunks that straddle the file boundaries
     (tmp_path / "b.parquet").write_bytes((tmp_path / "in.parquet").read_bytes())
-    files = corpus.expand([str(tmp_path / "*.parquet")])
+    files = inputs.expand([str(tmp_path / "*.parquet")])
     assert [Path(f).name for f in files] == ["b.parquet", "in.parquet"]
-    chunks = list(corpus.iter_chunks(files, 13))
+    chunks = list(inputs.iter_chunks(files, 13))
     assert [len(c[0]) for c in chunks] == [13] * 6 + [2]
     assert [t for c in chunks for t in c[0]] == texts + texts
     assert [s for c in chunks for s in c[1]][39:41] == [str(tmp_path / "b.parquet"), str(tmp_path / "in.parquet")]
-    assert corpus.count_rows(files) == 80
+    assert inputs.count_rows(files) == 80
 
 
 def test_csv_text_may_span_lines(tmp_path):
     path = tmp_path / "x.csv"
     path.write_text('text,label\n"two\nlines",a\nplain,b\n')
-    assert [t for b in corpus.read_texts(str(path)) for t in b] == ["two\nlines", "plain"]
+    assert [t for b in inputs.read_texts(str(path)) for t in b] == ["two\nlines", "plain"]
 
 
 @pytest.mark.parametrize(
@@ -266,17 +290,22 @@ def test_streaming_predict_gives_the_rows_of_the_small_path(tmp_path, trained, c
 
 
 def test_embed_writes_the_vectors_encode_gives(tmp_path, cache_dir):
-    from mtl.embed import EmbedSpec, encode
+    from mtl.engine.embed import EmbedSpec, encode
 
     texts = short_texts(30, "vec")
     src = tmp_path / "in.jsonl"
     src.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
-    r = run_cli("embed", str(src), "--out", str(tmp_path / "e"), "--chunk-size", "16", "--backend", "onnx", "--layers", "4-6", "--cache-dir", str(cache_dir))
+    args = ["embed", str(src), "--chunk-size", "16", "--backend", "onnx", "--layers", "4-6", "--cache-dir", str(cache_dir)]
+    r = run_cli(*args, "--out", str(tmp_path / "e"))
+    assert r.returncode == 0, r.stderr
+    assert not list((cache_dir / "embeddings").rglob("cache.sqlite"))  # a corpus run keeps no vectors by default
+    r = run_cli(*args, "--out", str(tmp_path / "e2"), "--cache")
     assert r.returncode == 0, r.stderr
     got = np.array([row["embedding"] for row in read_out(tmp_path / "e")], dtype=np.float32)
     ref, stats = encode(texts, EmbedSpec(backend="onnx", cache_dir=cache_dir, layers="4-6"))
-    assert stats.encoded == 0  # the embed run filled the cache
+    assert stats.encoded == 0  # the --cache run filled the cache
     np.testing.assert_array_equal(got, ref)
+    np.testing.assert_array_equal(np.array([row["embedding"] for row in read_out(tmp_path / "e2")], dtype=np.float32), ref)
 
 
 def test_an_interrupted_run_resumes_without_losing_or_repeating_rows(tmp_path, trained, cache_dir, monkeypatch):
@@ -291,20 +320,20 @@ def test_an_interrupted_run_resumes_without_losing_or_repeating_rows(tmp_path, t
     pq.write_table(pa.table({"text": texts}), src)
     out = tmp_path / "out"
     args = ["predict", str(src), "--out", str(out), "--chunk-size", "50", "--model", str(trained["path"]), "--cache-dir", str(cache_dir)]
-    real_write, calls = corpus.write_shard, []
+    real_write, calls = stream.write_shard, []
 
-    def ctrl_c_on_third_shard(path, table, fmt):
+    def ctrl_c_on_third_shard(path, *rest):
         calls.append(path.name)
         if len(calls) == 3:
             raise KeyboardInterrupt
-        real_write(path, table, fmt)
+        real_write(path, *rest)
 
-    monkeypatch.setattr(corpus, "write_shard", ctrl_c_on_third_shard)
+    monkeypatch.setattr(stream, "write_shard", ctrl_c_on_third_shard)
     assert main(args) == 130
     assert sorted(p.name for p in out.iterdir() if p.name != ".lock") == ["_manifest.json", "part-00000000.parquet", "part-00000001.parquet"]
     assert not json.loads((out / "_manifest.json").read_text()).get("complete")
     kept = {p.name: p.stat().st_mtime_ns for p in out.glob("part-*")}
-    monkeypatch.setattr(corpus, "write_shard", real_write)
+    monkeypatch.setattr(stream, "write_shard", real_write)
     assert main(args) == 0
     assert {p.name: p.stat().st_mtime_ns for p in out.glob("part-0000000[01]*")} == kept  # finished shards were not redone
     assert [r["text"] for r in read_out(out)] == texts

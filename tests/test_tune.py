@@ -7,18 +7,18 @@ import json
 import pytest
 
 from mtl import data as data_module
-from mtl import experiments
 from mtl.checkpoint import load_checkpoint
 from mtl.cli import main
-from mtl.train import TrainConfig
+from mtl.config import Recipe, TrainConfig
+from mtl.research import select
 
 REPORT_ONLY = ("financial_phrasebank", "agnews")  # cross-domain test sets: no training, selection or thresholds
 
 
-def _tiny_grid(epochs: int = 30, batch_size: int = 64, seed: int = 0, trunk: bool = True):
+def _tiny_grid(seed: int = 0, **kw):
     """Two candidates CV must tell apart: one that barely moves from its initialisation, one that learns."""
-    return [("last", TrainConfig(epochs=1, lr=1e-6, batch_size=64, seed=seed)),
-            ("last", TrainConfig(epochs=8, lr=1e-3, batch_size=32, seed=seed, share="trunk", trunk_hidden=32, balance=True))]
+    return [Recipe("last", TrainConfig(epochs=1, lr=1e-6, batch_size=64, seed=seed)),
+            Recipe("last", TrainConfig(epochs=8, lr=1e-3, batch_size=32, seed=seed, share="trunk", trunk_hidden=32, balance=True))]
 
 
 @pytest.fixture
@@ -36,14 +36,14 @@ def opened(monkeypatch):
 
 
 def test_tune_records_its_choice_and_cv_table_and_never_reads_report_only_sets(tmp_path, monkeypatch, opened, capsys):
-    monkeypatch.setattr(experiments, "candidates", _tiny_grid)
+    monkeypatch.setattr(select, "candidates", _tiny_grid)
     out, metrics = tmp_path / "m.safetensors", tmp_path / "m.json"
     assert main(["train", "--tune", "--tune-folds", "2", "--device", "cpu", "--out", str(out), "--metrics", str(metrics)]) == 0
     tune = load_checkpoint(out).meta["tune"]
     assert tune["chosen"] == 1 and tune["folds"] == 2 and len(tune["cv_table"]) == 2
     cv = [row["cv_macro_recall_mean"] for row in tune["cv_table"]]
     assert cv[1] > cv[0] + 0.3 and cv[1] > 0.8  # the learning candidate wins on held-out folds, by a margin
-    assert {"cv_topic_macro_recall", "cv_sentiment_macro_recall"} <= set(tune["cv_table"][0])
+    assert {"cv_sentences.csv:topic_macro_recall", "cv_sentences.csv:sentiment_macro_recall"} <= set(tune["cv_table"][0])
     cfg = json.loads(metrics.read_text())["meta"]["config"]
     assert (cfg["share"], cfg["trunk_hidden"], cfg["lr"], cfg["balance"]) == ("trunk", 32, 1e-3, True)  # trained the choice
     assert json.loads(metrics.read_text())["meta"]["tune"] == tune
@@ -72,7 +72,8 @@ def test_bad_knob_flags_are_one_line_errors(argv, needle, capsys):
     assert exc.value.code == 2 and needle in err and len(err.strip().splitlines()) == 1
 
 
-def test_default_cv_leaves_one_domain_out_and_reads_only_curated_data(monkeypatch, opened):
+def test_leave_one_domain_out_holds_each_domain_out_once_and_reads_only_curated_data(monkeypatch, opened):
+    """How the default weight decay and prior were chosen (notebook 08): leave-one-domain-out CV on the curated train rows."""
     from dataclasses import replace
 
     import pandas as pd
@@ -88,7 +89,16 @@ def test_default_cv_leaves_one_domain_out_and_reads_only_curated_data(monkeypatc
         return real(x, y, tasks, replace(cfg, epochs=1), *args, **kw)
 
     monkeypatch.setattr(train_module, "train", quick)
-    table, best, (layers, cfg) = experiments.default_cv(weight_decays=(1e-2,), priors=("none", "descriptions"))
+    from mtl.engine.embed import EmbedSpec
+    from mtl.prior import prototypes
+    from mtl.tasks import DEFAULT_TASKS
+
+    rows = select.train_rows([paths.DATA_CSV], DEFAULT_TASKS, EmbedSpec(backend="onnx"))
+    grid = [Recipe("last", TrainConfig(prior=p, weight_decay=1e-2)) for p in ("none", "descriptions")]
+    protos = prototypes(DEFAULT_TASKS, EmbedSpec(backend="onnx"))
+    table, best, recipe = select.cv_select(grid, lambda _: select.all_in_folds(rows), "sentiment", "accuracy", by_domain=True,
+                                           prior_for=lambda _: protos)
+    layers, cfg = recipe.layers, recipe.train
     df = pd.read_csv(paths.DATA_CSV)
     sizes = df[df["split"] == "train"].groupby("domain").size()
     assert sorted(fits) == sorted(2 * [int(sizes.sum() - n) for n in sizes])  # per candidate: each domain held out once

@@ -77,7 +77,7 @@ def bootstrap_ci(y: np.ndarray, pred: np.ndarray, metric: str, n: int = N_BOOT, 
 
 
 def paired_bootstrap(y: np.ndarray, preds_a: Sequence[np.ndarray], preds_b: Sequence[np.ndarray], metric: str, n: int = N_BOOT, seed: int = 0,
-                     n_labels: int | None = None, level: float = 0.95) -> CI:
+                     n_labels: int | None = None, level: float = 0.95, resample_seeds: bool = False) -> CI:
     """CI of metric(A) - metric(B) on the same items, A and B each given once per training seed.
 
     Seeds are **pooled**: the estimate is the mean over seeds of each seed's difference, and every
@@ -85,6 +85,9 @@ def paired_bootstrap(y: np.ndarray, preds_a: Sequence[np.ndarray], preds_b: Sequ
     predictors (so item difficulty cancels in the difference). The interval therefore covers item
     sampling with the seed noise averaged out; `per_seed` holds each seed's own difference, whose
     spread shows the seed noise. A and B pair seed i with seed i, so they need equal counts.
+
+    `resample_seeds`: each draw also resamples the seeds (a two-level bootstrap), so the interval covers
+    the seed-to-seed spread too: for training sets that are themselves random draws (learning curves).
     """
     if len(preds_a) != len(preds_b) or not preds_a:
         raise ValueError("paired_bootstrap needs the same number (>= 1) of predictions for A and B, one per seed")
@@ -92,10 +95,39 @@ def paired_bootstrap(y: np.ndarray, preds_a: Sequence[np.ndarray], preds_b: Sequ
     a, b = preds[: len(preds_a)], preds[len(preds_a):]
     k = _n_labels(y, preds, n_labels)
 
-    def diff(idx: np.ndarray | slice) -> float:
-        return float(np.mean([score(metric, y[idx], pa[idx], k) - score(metric, y[idx], pb[idx], k) for pa, pb in zip(a, b)]))
+    def diff(idx: np.ndarray | slice, seeds) -> float:
+        return float(np.mean([score(metric, y[idx], a[s][idx], k) - score(metric, y[idx], b[s][idx], k) for s in seeds]))
 
     rng = np.random.default_rng(seed)
-    draws = np.array([diff(rng.integers(0, len(y), len(y))) for _ in range(n)])
+    every = range(len(a))
+    draws = np.array([diff(rng.integers(0, len(y), len(y)), rng.integers(0, len(a), len(a)) if resample_seeds else every) for _ in range(n)])
     per_seed = [score(metric, y, pa, k) - score(metric, y, pb, k) for pa, pb in zip(a, b)]
-    return CI(diff(slice(None)), *_interval(draws, level), n_items=len(y), level=level, per_seed=per_seed)
+    return CI(diff(slice(None), every), *_interval(draws, level), n_items=len(y), level=level, per_seed=per_seed)
+
+
+def paired_table(targets: dict, preds: dict[str, dict[str, list[np.ndarray]]], pairs: Sequence[tuple[str, str]], n: int = N_BOOT,
+                 resample_seeds: bool = False, **extra):
+    """`paired_bootstrap` of A - B for every pair and target set: one row each (A, B, set, metric, n, seeds,
+    A_minus_B, ci_lo, ci_hi, per_seed), plus the `extra` columns given. `targets`: name -> an object with `y`,
+    `metric` and `n_labels` (e.g. `research.external.Scored`); `preds[method][name]`: label ids, one array per seed."""
+    import pandas as pd
+
+    rows = []
+    for name, t in targets.items():
+        for a, b in pairs:
+            d = paired_bootstrap(t.y, preds[a][name], preds[b][name], t.metric, n=n, n_labels=t.n_labels, resample_seeds=resample_seeds)
+            rows.append({**extra, "A": a, "B": b, "set": name, "metric": t.metric, "n": d.n_items, "seeds": len(preds[a][name]),
+                         "A_minus_B": d.estimate, "ci_lo": d.lo, "ci_hi": d.hi, "per_seed": [round(v, 4) for v in d.per_seed]})
+    return pd.DataFrame(rows)
+
+
+def verdict(diffs, what: str = "A") -> str:
+    """One sentence from a `paired_table`: where A - B's interval lies above zero, below zero, or contains it."""
+    def where(rows) -> str:
+        return "; ".join(f"{r.set} ({r.A} − {r.B} {r.A_minus_B:+.3f} [{r.ci_lo:+.3f}, {r.ci_hi:+.3f}])" for r in rows.itertuples()) or "nowhere"
+
+    better, worse = diffs[diffs["ci_lo"] > 0], diffs[diffs["ci_hi"] < 0]
+    level = diffs[(diffs["ci_lo"] <= 0) & (diffs["ci_hi"] >= 0)]
+    width = float((level["ci_hi"] - level["ci_lo"]).max()) if len(level) else 0.0
+    return (f"{what} helps (95 % CI above 0): {where(better)}. It hurts (CI below 0): {where(worse)}. "
+            f"Elsewhere ({len(level)} of {len(diffs)} comparisons) the interval contains 0 (widest {width:.3f}).")

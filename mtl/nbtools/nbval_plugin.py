@@ -1,7 +1,7 @@
 """pytest plugin, loaded by pyproject's `addopts`: before nbval runs, its `# NBVAL_CHECK_OUTPUT` cells get
 their expected output from notebooks/checked_outputs.json (the notebooks are stored stripped)."""
 
-from mtl.notebooks import attach_checked_outputs
+from mtl.nbtools.run import attach_checked_outputs
 
 
 def pytest_collection_modifyitems(items):

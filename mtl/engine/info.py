@@ -11,19 +11,8 @@ PACKAGES = ("torch", "transformers", "sentence-transformers", "tokenizers", "onn
 CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
 
 
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def _gpu() -> str:
-    from mtl.encoders import _maybe_accelerator
+    from mtl.engine.devices import _maybe_accelerator
 
     if not _maybe_accelerator():
         return "none (no NVIDIA driver or Apple GPU seen; torch not imported)"
@@ -40,8 +29,8 @@ def _gpu() -> str:
 def report() -> str:
     """The `mtl info` text."""
     from mtl import __version__, paths
-    from mtl.backbone import resolve_backbone
-    from mtl.encoders import MODES, auto_backend, cpu_flags, resolve_device
+    from mtl.engine.backbone import resolve_backbone
+    from mtl.engine.devices import MODES, auto_backend, cpu_flags, cpu_name, fastest_cpu_backend, resolve_device
 
     flags = cpu_flags()
     versions = []
@@ -52,16 +41,18 @@ def report() -> str:
             versions.append(f"{name} (not installed)")
     device = resolve_device("auto")
     backend, why = auto_backend(device)
+    fast, fast_why = fastest_cpu_backend()
     backbone = resolve_backbone()
     lines = [
         f"mtl {__version__}, Python {sys.version.split()[0]}, {platform.system()} {platform.machine()}",
-        f"CPU: {_cpu_name()}, {os.cpu_count()} logical cores; flags: {' '.join(f for f in CPU_FLAGS if f in flags) or 'none of ' + '/'.join(CPU_FLAGS)}",
+        f"CPU: {cpu_name()}, {os.cpu_count()} logical cores; flags: {' '.join(f for f in CPU_FLAGS if f in flags) or 'none of ' + '/'.join(CPU_FLAGS)}",
         f"GPU: {_gpu()}",
         "packages: " + ", ".join(versions),
-        f"backbone: {backbone.name} ({backbone.identity}) at {backbone.path}",
+        f"backbone: {backbone.name} ({backbone.identity}) at {backbone.folder}",
         f"cache: {paths.CACHE_DIR}",
         f"device auto -> {device}",
         f"backend auto -> {backend} ({MODES[backend]}): {why}",
+        f"fastest on this CPU: --backend {fast} ({MODES[fast]}): {fast_why}",
     ]
     if os.environ.get("MTL_BACKEND"):
         lines.append(f"MTL_BACKEND={os.environ['MTL_BACKEND']}")

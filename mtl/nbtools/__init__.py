@@ -1,0 +1,1 @@
+"""Notebook tooling: running the numbered notebooks headless (`run`) and handing nbval their checked outputs (`nbval_plugin`)."""

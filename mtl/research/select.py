@@ -1,0 +1,149 @@
+"""Model selection by cross-validation on training rows only: the candidate grid, `cv_select` (k-fold, leave one
+domain out, scored pooled or per source), `tune` for `mtl train --tune`, and how the defaults were chosen.
+
+A candidate is a `Recipe` (frozen layers + TrainConfig). Every score comes from `mtl.evaluate.metric`, the one
+scoring path. Report-only sets (`research.external`) are never opened here; a test records every file read.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from mtl.config import Recipe, TrainConfig
+from mtl.data import Encoded, load_encoded
+from mtl.engine.embed import EmbedSpec
+from mtl.prior import prototypes
+from mtl.tasks import DEFAULT_TASKS, Tasks
+
+MIXES = ("rows", "2", "equal")  # source mixes a search compares: proportional, temperature 2, equal
+
+
+def candidates(epochs: int = 30, batch_size: int = 64, seed: int = 0, trunk: bool = True, mixes: tuple[str, ...] = ("rows",),
+               device: str = "auto") -> list[Recipe]:
+    """The grid that `mtl train --tune` (and the external-sets notebook) choose from by CV.
+
+    Frozen features (`last`, mean of layers 3-6 or 4-6) x linear heads with two weight decays, plus
+    one-hidden-layer heads (512, dropout 0.5); all class-balanced, since the metric is macro-recall. With
+    `trunk`, the same 512 units as one shared trunk (`share="trunk"`) that both tasks train: per task the same
+    capacity as the 512-hidden heads, its single-task counterpart. Each is tried with every source mix in `mixes`.
+    """
+    def recipe(layers: str, **kw) -> list[Recipe]:
+        return [Recipe(layers, TrainConfig(**{"epochs": epochs, "lr": 1e-2, "batch_size": batch_size, "balance": True, "seed": seed,
+                                              "device": device, "mix": mix, **kw})) for mix in mixes]
+
+    grid = [r for layers in ("last", "3-6", "4-6") for wd in (1e-4, 1e-3) for r in recipe(layers, weight_decay=wd)]
+    grid += [r for layers in ("last", "4-6") for r in recipe(layers, lr=1e-3, hidden=512, dropout=0.5)]
+    if trunk:
+        grid += [r for layers in ("last", "4-6") for r in recipe(layers, lr=1e-3, share="trunk", trunk_hidden=512, dropout=0.5)]
+    return grid
+
+
+def folds_of(pool: Encoded, folds: int, seed: int, task: str | None = None, by_domain: bool = False, tasks: Tasks = DEFAULT_TASKS):
+    """(fit, held-out) index pairs over `pool`: stratified k-fold by `task`'s labels, or (task None) by each row's
+    source and combination of labels, so every fold holds out a share of every source; or one domain at a time."""
+    from sklearn.model_selection import LeaveOneGroupOut, StratifiedKFold
+
+    if by_domain:
+        return list(LeaveOneGroupOut().split(pool.x, groups=pool.frame["domain"]))
+    strata = pool.y[task] if task else [f"{s}/" + "/".join(str(pool.y[t][i]) for t in tasks) for i, s in enumerate(pool.sources)]
+    return list(StratifiedKFold(folds, shuffle=True, random_state=seed).split(pool.x, strata))
+
+
+def score_rows(state: dict, rows: Encoded, tasks: Tasks, scored: list[str], metric: str, per_source: bool) -> dict[str, float]:
+    """`metric` of heads `state` on `rows`, per task (pooled) or per source/task ("<source>:<task>")."""
+    from mtl.evaluate import metric as metric_of
+    from mtl.heads import predict_proba
+
+    probs = predict_proba(state, tasks, rows.x)
+    groups = {s: rows.sources == s for s in dict.fromkeys(rows.sources)} if per_source else {"": np.ones(len(rows.x), bool)}
+    out = {}
+    for name, sel in groups.items():
+        for t in scored:
+            keep = sel & (rows.y[t] >= 0)
+            if keep.any():
+                out[f"{name}:{t}" if per_source else t] = metric_of(metric, rows.y[t][keep], probs[t][keep].argmax(1), len(tasks[t]))
+    return out
+
+
+def fold_score(scores: dict[str, float], per_source: bool) -> float:
+    """One number per fold: the mean over tasks, or over sources of each source's mean over its tasks (every source counts the same)."""
+    if not per_source:
+        return float(np.mean(list(scores.values())))
+    by_source: dict[str, list[float]] = {}
+    for key, v in scores.items():
+        by_source.setdefault(key.rsplit(":", 1)[0], []).append(v)
+    return float(np.mean([np.mean(v) for v in by_source.values()]))
+
+
+def cv_select(recipes: list[Recipe], rows_for: Callable[[str], tuple[Encoded, Encoded]], task: str | None, metric: str = "macro_recall",
+              folds: int = 5, seed: int = 0, tasks: Tasks = DEFAULT_TASKS, by_domain: bool = False,
+              prior_for: Callable[[str], dict] | None = None, per_source: bool = False):
+    """Pick among recipes by cross-validation; returns (table of mean/sd per recipe, index of the best, the best recipe).
+
+    `rows_for(layers)` returns (base, pool) `Encoded` rows: the folds split `pool`; `base` rows are always in
+    training. `task` scores that task's `metric`; `task=None` scores every task with labels in a held-out fold,
+    averaged over tasks, or with `per_source` over sources first (each source's mean over its tasks), so a big
+    source cannot outvote a small one. `by_domain`: leave one domain out instead of k-fold (`pool`'s `domain`).
+    `prior_for(layers)`: label-description vectors for recipes with `prior="descriptions"`.
+    """
+    import pandas as pd
+
+    from mtl.heads import state_to_numpy
+    from mtl.train import train
+
+    rows = []
+    for i, recipe in enumerate(recipes):
+        cfg = recipe.train
+        base, pool = rows_for(recipe.layers)
+        scored = [task] if task else list(tasks)
+        scores, parts = [], {}
+        for fit, hold in folds_of(pool, folds, seed, task, by_domain, tasks):
+            train_rows = Encoded.concat([base, pool.rows(np.isin(np.arange(len(pool.x)), fit))])
+            prior = prior_for(recipe.layers) if prior_for and cfg.prior != "none" else None
+            heads, _, _ = train(train_rows.x, train_rows.y, tasks, cfg, prior=prior, sources=train_rows.sources)
+            fold = score_rows(state_to_numpy(heads), pool.rows(np.isin(np.arange(len(pool.x)), hold)), tasks, scored, metric, per_source)
+            for key, v in fold.items():
+                parts.setdefault(key, []).append(v)
+            scores.append(fold_score(fold, per_source))
+        rows.append({"candidate": i, "layers": recipe.layers, "hidden": cfg.hidden, "share": cfg.share, "trunk_hidden": cfg.trunk_width,
+                     "dropout": cfg.dropout, "lr": cfg.lr, "epochs": cfg.epochs, "balance": cfg.balance, "mix": cfg.mix,
+                     "weight_decay": cfg.weight_decay, "prior": cfg.prior,
+                     f"cv_{metric}_mean": float(np.mean(scores)), f"cv_{metric}_sd": float(np.std(scores, ddof=1)),
+                     **({f"cv_{key}_{metric}": float(np.mean(v)) for key, v in parts.items()} if task is None else {})})
+    table = pd.DataFrame(rows).set_index("candidate")
+    best = int(table[f"cv_{metric}_mean"].idxmax())
+    return table, best, recipes[best]
+
+
+def all_in_folds(rows: Encoded) -> tuple[Encoded, Encoded]:
+    """`cv_select`'s (base, pool) with nothing fixed in training: the folds split every row."""
+    return rows.rows(np.zeros(len(rows.x), bool)), rows
+
+
+def train_rows(files: list[str | Path], tasks: Tasks, spec: EmbedSpec) -> Encoded:
+    """The train rows of `files` (held-out `split=test` rows never enter selection), embedded with `spec`."""
+    return load_encoded([Path(p) for p in files], tasks, spec, verbose=False)[0].split()[0]
+
+
+def tune(data: list[str | Path], tasks: Tasks = DEFAULT_TASKS, spec: EmbedSpec | None = None, folds: int = 5, seed: int = 0,
+         grid: list[Recipe] | None = None, metric: str = "macro_recall", device: str = "auto"):
+    """`mtl train --tune`: choose a Recipe by k-fold CV on the **train rows of `data`** only, scoring `metric`
+    per source and task (every source counts the same, as for the defaults). The grid (`candidates`) covers
+    layers, heads, weight decay, sharing and, with several files, the source mix.
+
+    Returns (CV table, index of the chosen candidate, the chosen Recipe).
+    """
+    spec = spec or EmbedSpec()
+    mixes = MIXES if len(data) > 1 else ("rows",)
+
+    @functools.cache  # each layer choice is loaded and encoded (or read from the cache) once
+    def rows_for(layers: str):
+        return all_in_folds(train_rows(data, tasks, replace(spec, layers=layers)))
+
+    return cv_select(grid or candidates(seed=seed, mixes=mixes, device=device), rows_for, None, metric, folds, seed, tasks,
+                     prior_for=functools.cache(lambda layers: prototypes(tasks, replace(spec, layers=layers))), per_source=True)
