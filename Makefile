@@ -14,7 +14,8 @@ EPOCHS ?=
 LR     ?=
 DEVICE ?=
 SEED   ?=
-NB_ARGS := $(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(LR),--lr $(LR)) $(if $(DEVICE),--device $(DEVICE)) $(if $(SEED),--seed $(SEED))
+FULL   ?=
+NB_ARGS := $(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(LR),--lr $(LR)) $(if $(DEVICE),--device $(DEVICE)) $(if $(SEED),--seed $(SEED)) $(if $(filter 1 true yes,$(FULL)),--full)
 
 .PHONY: setup run figures notebook-outputs train test test-fast lint lab bench clean
 

@@ -24,6 +24,23 @@ def metric(name: str, y_true: np.ndarray, y_pred: np.ndarray, n_labels: int) -> 
     raise ValueError(f"unknown metric {name!r}; expected one of {', '.join(SCALAR_METRICS)}")
 
 
+def from_confusion(name: str, cm: np.ndarray) -> np.ndarray:
+    """`metric` from confusion counts (..., k, k), rows = true labels, vectorised over leading axes: what the
+    bootstrap uses for its thousands of resamples. Same conventions as the sklearn calls in `metric` (every label
+    counts in a macro average; a label with no support or no predictions scores 0); a test checks they agree."""
+    cm = np.asarray(cm, dtype=np.float64)
+    tp = np.diagonal(cm, axis1=-2, axis2=-1)
+    true, pred = cm.sum(-1), cm.sum(-2)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if name == "accuracy":
+            return tp.sum(-1) / true.sum(-1)
+        if name == "macro_recall":
+            return np.where(true > 0, tp / true, 0.0).mean(-1)
+        if name == "macro_f1":
+            return np.where(true + pred > 0, 2 * tp / (true + pred), 0.0).mean(-1)
+    raise ValueError(f"unknown metric {name!r}; expected one of {', '.join(SCALAR_METRICS)}")
+
+
 def task_metrics(y_true: np.ndarray, y_pred: np.ndarray, labels: list[str]) -> dict:
     """Accuracy, macro-F1, macro-recall, per-class precision/recall/F1 and the confusion matrix."""
     from sklearn.metrics import confusion_matrix, precision_recall_fscore_support

@@ -76,3 +76,33 @@ def test_mismatched_inputs_are_refused():
         paired_bootstrap(np.array([0, 1]), [np.array([0, 1])], [], "accuracy")
     with pytest.raises(ValueError, match="unknown metric"):
         bootstrap_ci(np.array([0, 1]), np.array([0, 1]), "auc", n=2)
+
+
+@pytest.mark.parametrize("metric", ["accuracy", "macro_recall", "macro_f1"])
+def test_resample_scores_from_confusion_counts_equal_sklearn(metric):
+    """The bootstrap scores resamples from confusion counts; they must be what `metric` (sklearn) gives, also with a
+    class that is never true or never predicted."""
+    from sklearn.metrics import confusion_matrix
+
+    from mtl.evaluate import from_confusion, metric as sklearn_metric
+
+    rng = np.random.default_rng(7)
+    for trial in range(30):
+        y = rng.integers(0, 3, 40)
+        p = rng.integers(0, 3, 40)
+        if trial % 3 == 0:
+            y[y == 2] = 0  # class 2 never true
+        if trial % 3 == 1:
+            p[p == 1] = 0  # class 1 never predicted
+        cm = confusion_matrix(y, p, labels=[0, 1, 2])
+        assert from_confusion(metric, cm) == pytest.approx(sklearn_metric(metric, y, p, 3), abs=1e-12)
+
+
+def test_resampling_the_seeds_widens_the_paired_interval_when_seeds_disagree():
+    y = _labels(400, 3, seed=8)
+    rng = np.random.default_rng(9)
+    a = [np.where(rng.random(400) < q, y, (y + 1) % 3) for q in (0.9, 0.6, 0.85, 0.65)]  # draws that differ a lot
+    b = [np.where(rng.random(400) < 0.75, y, (y + 2) % 3) for _ in range(4)]
+    items = paired_bootstrap(y, a, b, "accuracy", n=400)
+    both = paired_bootstrap(y, a, b, "accuracy", n=400, resample_seeds=True)
+    assert both.estimate == items.estimate and (both.hi - both.lo) > (items.hi - items.lo)

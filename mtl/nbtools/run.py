@@ -30,12 +30,24 @@ def notebook_list(only: list[str] | None = None) -> list[Path]:
     return nbs
 
 
+def needs_external(nb: Path) -> bool:
+    """Whether a notebook is about the external sets alone (metadata `mtl.needs_external`): without them it has nothing to run."""
+    return bool(json.loads(nb.read_text()).get("metadata", {}).get("mtl", {}).get("needs_external"))
+
+
+def skip_reason(nb: Path) -> str | None:
+    """Why `nb` is skipped on this machine (the one guard for absent external data, for the runner and nbval alike), or None."""
+    if needs_external(nb) and not paths.EXTERNAL_DIR.is_dir():
+        return f"{nb.name} needs the external sets, not found at {paths.EXTERNAL_DIR} (they live beside the repo, never inside it)"
+    return None
+
+
 def run_all(params: dict, only: list[str] | None = None, out_dir: str | Path | None = None, publish: bool = False) -> Path:
     """Execute notebooks in order; each gets only the parameters its `parameters` cell declares.
 
     Figures and the comparison table go to `<out>/figures` and `<out>/comparison.csv`, so a run
     leaves tracked files alone; `publish=True` (`make figures`) writes the committed ones instead.
-    The external benchmark runs in full (`quick=False`).
+    The research notebooks run their quick form unless `full=True` is given.
     """
     import papermill as pm
 
@@ -47,8 +59,11 @@ def run_all(params: dict, only: list[str] | None = None, out_dir: str | Path | N
         raise MTLError(f"unknown notebook parameter(s): {', '.join(sorted(unknown))}")
     results = {"figures_dir": paths.FIGURES_DIR, "comparison_path": paths.COMPARISON_CSV} if publish else \
         {"figures_dir": out / "figures", "comparison_path": out / "comparison.csv"}
-    defaults = {**{k: str(v) for k, v in results.items()}, "quick": False}
+    defaults = {k: str(v) for k, v in results.items()}
     for nb in notebook_list(only):
+        if why := skip_reason(nb):
+            print(f"skipping {why}", file=sys.stderr)
+            continue
         declared = declared_by[nb]
         given = {k: v for k, v in {**defaults, **params}.items() if k in declared}
         print(f"running {nb.name} {given or ''}", file=sys.stderr)
@@ -93,9 +108,14 @@ def attach_checked_outputs(items) -> None:
     (nbval treats a cell without one as unrun and skips the comparison)."""
     import nbformat
 
+    import pytest
+
     expected = json.loads(CHECKED_OUTPUTS.read_text()) if CHECKED_OUTPUTS.is_file() else {}
     seen: dict[str, int] = {}  # checked cells met so far per notebook (items come in notebook order)
     for item in items:
+        if type(item).__name__ == "IPyNbCell" and (why := skip_reason(Path(str(item.fspath)))):
+            item.add_marker(pytest.mark.skip(reason=why))
+            continue
         cell = getattr(item, "cell", None)
         if type(item).__name__ != "IPyNbCell" or cell is None or CHECK_MARK not in cell.source:
             continue
