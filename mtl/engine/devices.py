@@ -86,10 +86,10 @@ def resolve_device(device: str = "auto") -> str:
         raise MTLError(f"--device {device!r}: expected one of {', '.join(DEVICES)}")
     if device == "cpu" or (device == "auto" and not _maybe_accelerator()):
         return "cpu"
+    if device in ("auto", "cuda") and cuda_available():
+        return "cuda"
     import torch
 
-    if device in ("auto", "cuda") and torch.cuda.is_available():
-        return "cuda"
     if device in ("auto", "mps") and getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
         return "mps"
     if device == "auto":
