@@ -9,5 +9,5 @@ def bar(total: int | None, desc: str, unit: str = "it", **kw):
     """A tqdm bar that shows where a reader can see it and stays silent elsewhere (one line per redraw would flood a log)."""
     from tqdm.auto import tqdm
 
-    notebook = tqdm.__module__ != "tqdm.std"  # tqdm.auto picked the widget: we are in a kernel with ipywidgets
+    notebook = any(c.__module__ == "tqdm.notebook" for c in tqdm.__mro__)  # tqdm.auto picked the widget: a kernel with ipywidgets
     return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, disable=False if notebook else None, **kw)

@@ -52,9 +52,9 @@ def test_the_joint_loss_weighs_rows_by_source_and_equals_plain_cross_entropy_wit
     out = {"sentiment": torch.randn(8, 3, generator=torch.Generator().manual_seed(0))}
     ys = {"sentiment": torch.as_tensor(y["sentiment"])}
     idx = torch.arange(8)
-    plain = JointLoss(tasks, TrainConfig(), y, sources)(out, ys, idx)
+    plain = JointLoss(tasks, TrainConfig(balance=False), y, sources)(out, ys, idx)
     assert float(plain) == pytest.approx(float(F.cross_entropy(out["sentiment"], ys["sentiment"])), abs=1e-6)
-    equal = JointLoss(tasks, TrainConfig(mix="equal"), y, sources)(out, ys, idx)
+    equal = JointLoss(tasks, TrainConfig(mix="equal", balance=False), y, sources)(out, ys, idx)
     ce = F.cross_entropy(out["sentiment"], ys["sentiment"], reduction="none")
     assert float(equal) == pytest.approx(float(0.5 * ce[:3].mean() + 0.5 * ce[3:].mean()), abs=1e-6)
 

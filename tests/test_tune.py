@@ -97,7 +97,7 @@ def test_leave_one_domain_out_holds_each_domain_out_once_and_reads_only_curated_
     grid = [Recipe("last", TrainConfig(prior=p, weight_decay=1e-2)) for p in ("none", "descriptions")]
     protos = prototypes(DEFAULT_TASKS, EmbedSpec(backend="onnx"))
     table, best, recipe = select.cv_select(grid, lambda _: select.all_in_folds(rows), "sentiment", "accuracy", by_domain=True,
-                                           prior_for=lambda _: protos)
+                                           prior_for=lambda _: protos, jobs=1)  # in this process, so the spy sees every fit
     layers, cfg = recipe.layers, recipe.train
     df = pd.read_csv(paths.DATA_CSV)
     sizes = df[df["split"] == "train"].groupby("domain").size()

@@ -54,19 +54,20 @@ def folds_of(pool: Encoded, folds: int, seed: int, task: str | None = None, by_d
     return list(StratifiedKFold(folds, shuffle=True, random_state=seed).split(pool.x, strata))
 
 
-def score_rows(state: dict, rows: Encoded, tasks: Tasks, scored: list[str], metric: str, per_source: bool) -> dict[str, float]:
-    """`metric` of heads `state` on `rows`, per task (pooled) or per source/task ("<source>:<task>")."""
+def score_rows(state: dict, x: np.ndarray, y: dict[str, np.ndarray], sources: np.ndarray, tasks: Tasks, scored: list[str], metric: str,
+               per_source: bool) -> dict[str, float]:
+    """`metric` of heads `state` on rows `x`/`y`, per task (pooled) or per source/task ("<source>:<task>")."""
     from mtl.evaluate import metric as metric_of
     from mtl.heads import predict_proba
 
-    probs = predict_proba(state, tasks, rows.x)
-    groups = {s: rows.sources == s for s in dict.fromkeys(rows.sources)} if per_source else {"": np.ones(len(rows.x), bool)}
+    probs = predict_proba(state, tasks, x)
+    groups = {s: sources == s for s in dict.fromkeys(sources)} if per_source else {"": np.ones(len(x), bool)}
     out = {}
     for name, sel in groups.items():
         for t in scored:
-            keep = sel & (rows.y[t] >= 0)
+            keep = sel & (y[t] >= 0)
             if keep.any():
-                out[f"{name}:{t}" if per_source else t] = metric_of(metric, rows.y[t][keep], probs[t][keep].argmax(1), len(tasks[t]))
+                out[f"{name}:{t}" if per_source else t] = metric_of(metric, y[t][keep], probs[t][keep].argmax(1), len(tasks[t]))
     return out
 
 
@@ -82,34 +83,36 @@ def fold_score(scores: dict[str, float], per_source: bool) -> float:
 
 def cv_select(recipes: list[Recipe], rows_for: Callable[[str], tuple[Encoded, Encoded]], task: str | None, metric: str = "macro_recall",
               folds: int = 5, seed: int = 0, tasks: Tasks = DEFAULT_TASKS, by_domain: bool = False,
-              prior_for: Callable[[str], dict] | None = None, per_source: bool = False):
+              prior_for: Callable[[str], dict] | None = None, per_source: bool = False, jobs: int | None = None):
     """Pick among recipes by cross-validation; returns (table of mean/sd per recipe, index of the best, the best recipe).
 
     `rows_for(layers)` returns (base, pool) `Encoded` rows: the folds split `pool`; `base` rows are always in
     training. `task` scores that task's `metric`; `task=None` scores every task with labels in a held-out fold,
     averaged over tasks, or with `per_source` over sources first (each source's mean over its tasks), so a big
     source cannot outvote a small one. `by_domain`: leave one domain out instead of k-fold (`pool`'s `domain`).
-    `prior_for(layers)`: label-description vectors for recipes with `prior="descriptions"`.
+    `prior_for(layers)`: label-description vectors for recipes with `prior="descriptions"`. `jobs`: worker
+    processes for the fold trainings (default: one per core, `research.jobs`).
     """
     import pandas as pd
 
-    from mtl.heads import state_to_numpy
-    from mtl.train import train
+    from mtl.research.jobs import parallel
 
+    scored = [task] if task else list(tasks)
+    work = []  # one training per (recipe, fold), run side by side: heads train on one core each
+    for i, recipe in enumerate(recipes):
+        base, pool = rows_for(recipe.layers)
+        prior = prior_for(recipe.layers) if prior_for and recipe.train.prior != "none" else None
+        for fit, hold in folds_of(pool, folds, seed, task, by_domain, tasks):
+            work.append((i, recipe, base, pool, fit, hold, prior))
+    # the rows travel as arrays (joblib memory-maps the big ones once), the folds as indices
+    results = parallel(lambda w: (w[0], _fit_and_score(w[1], _arrays(w[2]), _arrays(w[3]), w[4], w[5], w[6], tasks, scored, metric,
+                                                       per_source)), work, jobs)
     rows = []
     for i, recipe in enumerate(recipes):
         cfg = recipe.train
-        base, pool = rows_for(recipe.layers)
-        scored = [task] if task else list(tasks)
-        scores, parts = [], {}
-        for fit, hold in folds_of(pool, folds, seed, task, by_domain, tasks):
-            train_rows = Encoded.concat([base, pool.rows(np.isin(np.arange(len(pool.x)), fit))])
-            prior = prior_for(recipe.layers) if prior_for and cfg.prior != "none" else None
-            heads, _, _ = train(train_rows.x, train_rows.y, tasks, cfg, prior=prior, sources=train_rows.sources)
-            fold = score_rows(state_to_numpy(heads), pool.rows(np.isin(np.arange(len(pool.x)), hold)), tasks, scored, metric, per_source)
-            for key, v in fold.items():
-                parts.setdefault(key, []).append(v)
-            scores.append(fold_score(fold, per_source))
+        folds_done = [fold for j, fold in results if j == i]
+        parts = {key: [f[key] for f in folds_done if key in f] for key in dict.fromkeys(k for f in folds_done for k in f)}
+        scores = [fold_score(f, per_source) for f in folds_done]
         rows.append({"candidate": i, "layers": recipe.layers, "hidden": cfg.hidden, "share": cfg.share, "trunk_hidden": cfg.trunk_width,
                      "dropout": cfg.dropout, "lr": cfg.lr, "epochs": cfg.epochs, "balance": cfg.balance, "mix": cfg.mix,
                      "weight_decay": cfg.weight_decay, "prior": cfg.prior,
@@ -118,6 +121,23 @@ def cv_select(recipes: list[Recipe], rows_for: Callable[[str], tuple[Encoded, En
     table = pd.DataFrame(rows).set_index("candidate")
     best = int(table[f"cv_{metric}_mean"].idxmax())
     return table, best, recipes[best]
+
+
+def _arrays(rows: Encoded) -> tuple:
+    return rows.x, rows.y, rows.sources
+
+
+def _fit_and_score(recipe: Recipe, base: tuple, pool: tuple, fit: np.ndarray, hold: np.ndarray, prior, tasks: Tasks, scored: list[str],
+                   metric: str, per_source: bool) -> dict[str, float]:
+    """Train one fold's heads on base + pool[fit] and score pool[hold] (what each worker does)."""
+    from mtl.heads import state_to_numpy
+    from mtl.train import train
+
+    (bx, by, bs), (px, py, ps) = base, pool
+    x, src = np.concatenate([bx, px[fit]]), np.concatenate([bs, ps[fit]])
+    y = {t: np.concatenate([by[t], py[t][fit]]) for t in tasks}
+    heads, _, _ = train(x, y, tasks, recipe.train, prior=prior, sources=src)
+    return score_rows(state_to_numpy(heads), px[hold], {t: py[t][hold] for t in tasks}, ps[hold], tasks, scored, metric, per_source)
 
 
 def all_in_folds(rows: Encoded) -> tuple[Encoded, Encoded]:
