@@ -394,23 +394,47 @@ def test_sigkill_halfway_then_rerun_loses_and_repeats_no_row(killed_and_resumed)
 
 @pytest.mark.slow
 def test_ray_engine_with_two_workers_gives_the_rows_of_the_local_engine(killed_and_resumed, tmp_path):
+    """`ray job submit` to a `ray start` cluster (a head and a worker node, every server on 127.0.0.1; see test_ray.py):
+    the 20,000-row predict, stopped halfway and submitted again, keeps its finished shards and ends with the local rows."""
     pytest.importorskip("ray")
+    import psutil
+    from test_ray import LOOPBACK, LoopbackCluster, same_rows
+
     run = killed_and_resumed
     cache = tmp_path / "cache"
     cache.mkdir()
     (cache / "onnx").symlink_to(paths.CACHE_DIR / "onnx")  # an empty cache: the Ray workers encode every row themselves
-    r = subprocess.run(
-        [sys.executable, "-m", "mtl", "predict", str(run["src"]), "--out", str(tmp_path / "ray"), "--engine", "ray", "--workers", "2",
-         "--chunk-size", "2000", "--model", str(run["trained"]["path"]), "--cache-dir", str(cache)],
-        cwd=ROOT, capture_output=True, text=True, timeout=1800,
-    )
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert "20000 rows" in r.stderr and "2 workers" in r.stderr
-    local, ray = pq.read_table(run["out"]), pq.read_table(tmp_path / "ray")
-    assert ray.schema == local.schema
-    for col in ("source", "text", "topic", "sentiment", "error"):
-        assert ray.column(col).to_pylist() == local.column(col).to_pylist(), col
-    for col in ("topic_probs", "sentiment_probs"):
-        a = np.array([list(d.values()) for d in ray.column(col).to_pylist()])
-        b = np.array([list(d.values()) for d in local.column(col).to_pylist()])
-        np.testing.assert_allclose(a, b, atol=1e-5)
+    out = tmp_path / "ray"
+    predict = [sys.executable, "-m", "mtl", "predict", str(run["src"]), "--out", str(out), "--engine", "ray", "--workers", "2",
+               "--chunk-size", "2000", "--model", str(run["trained"]["path"]), "--cache-dir", str(cache)]
+    cluster = LoopbackCluster()
+    with cluster:
+        assert {ip for _, ip, _ in cluster.listening()} <= LOOPBACK
+        r = cluster.job("submit", "--submission-id", "first", "--working-dir", ".", "--no-wait", "--", *predict)
+        assert r.returncode == 0, r.stderr[-3000:]
+        listening, deadline = None, time.time() + 900
+        while len(list(out.glob("part-*"))) < 4 and time.time() < deadline:
+            if listening is None and list(out.glob("part-*")):  # the driver and both actors are running
+                listening = cluster.listening()
+            time.sleep(0.1)
+        driver = cluster.driver_of(out)
+        stop = cluster.job("stop", "--no-wait", "first")  # Ray sends the driver SIGTERM, then SIGKILL
+        assert stop.returncode == 0, stop.stderr[-3000:]
+        assert psutil.wait_procs([driver], timeout=60)[0]
+        assert listening and any(name == "raylet" for name, _, _ in listening)
+        assert {ip for _, ip, _ in listening} <= LOOPBACK, sorted(listening)
+        before = {p.name: p.stat().st_mtime_ns for p in out.glob("part-*")}
+        assert 4 <= len(before) < 10, "the stop should land halfway"
+        assert not json.loads((out / "_manifest.json").read_text()).get("complete")
+        again = cluster.job("submit", "--submission-id", "again", "--working-dir", ".", "--", *predict)
+        assert again.returncode == 0 and "Job 'again' succeeded" in again.stdout + again.stderr, (again.stdout + again.stderr)[-3000:]
+        assert f"20000 rows in 10 shards ({len(before)} finished shards kept from an earlier run)" in again.stdout, again.stdout[-3000:]
+        assert "Ray, 2 workers" in again.stdout
+        actors = cluster.job_actors()
+        uploaded = cluster.uploaded()
+        assert {"mtl", "pyproject.toml"} <= uploaded and not uploaded & {".git", ".venv", ".cache", "runs"}, uploaded  # .gitignore and Ray's defaults
+    assert not cluster.processes()
+    assert len({a["node_id"] for a in actors if a["class_name"] == "Labeller"}) == 2  # the worker node labelled chunks too
+    assert {n: (out / n).stat().st_mtime_ns for n in before} == before
+    assert sorted(p.name for p in out.iterdir() if p.name != ".lock") == ["_manifest.json"] + [f"part-{i:08d}.parquet" for i in range(10)]
+    same_rows(out, run["out"])

@@ -8,12 +8,16 @@ local engine calls. At most two chunks per actor are in flight, so memory stays 
 Workers need no shared file system: texts travel to them and predictions back; the checkpoint travels as
 bytes (safetensors, no pickle).
 
-With `--address` (or `$RAY_ADDRESS`) it joins that cluster; otherwise it starts a local one on 127.0.0.1.
-Ray is an optional extra (`pip install -e ".[scale]"`) and imported only here.
+With `--address` (or `$RAY_ADDRESS`, which `ray job submit` sets for its driver) it joins that cluster, once a TCP
+connection shows that it answers (otherwise a one-line error, where `ray.init` would retry for minutes); without,
+it starts a local instance in Ray's one-machine mode, every server on 127.0.0.1, and stops it at the end.
+Ray is an optional extra (`pip install -e ".[scale]"`: `ray[default]`, which `ray start` with the dashboard and
+`ray job submit` need) and imported only here.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -23,6 +27,8 @@ from mtl.engine.devices import CPU_BACKENDS
 from mtl.errors import MTLError
 
 IN_FLIGHT_PER_ACTOR = 2  # one chunk labelling, one waiting: the actor never idles and memory stays bounded
+LOCAL_ONLY = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": Ray's one-machine mode (its default on macOS): 127.0.0.1 stays 127.0.0.1
+REACH_TIMEOUT_S = 5  # a cluster that does not accept a TCP connection by then is reported as unreachable
 
 
 class Labeller:
@@ -59,45 +65,116 @@ def _root_cause(exc: BaseException) -> str:
     return (msg if name == "MTLError" else f"{name}: {msg}")[:300]
 
 
-def connect(address: str | None, workers: int) -> str:
-    """Join the cluster at `address` (or $RAY_ADDRESS), or start a local one on 127.0.0.1; returns where it runs."""
-    import ray
+def connect(address: str | None, workers: int) -> tuple[str, bool]:
+    """Join the cluster at `address` (or $RAY_ADDRESS), or start a local one on 127.0.0.1.
 
-    if ray.is_initialized():
-        return "the running Ray instance"
+    Returns (where it runs, whether this call connected: then the caller disconnects when done).
+    """
+    origin = "--address" if address else "$RAY_ADDRESS"
     address = address or os.environ.get("RAY_ADDRESS") or None
-    try:
-        if address:
-            ray.init(address=address, log_to_driver=False)
-            return f"the Ray cluster at {address}"
-        # Local: the actors take one logical CPU each; one more lets the driver's own tasks run beside them.
-        ray.init(num_cpus=max(os.cpu_count() or 1, workers + 1), include_dashboard=False, log_to_driver=False,
-                 _node_ip_address="127.0.0.1")
-        return "a local Ray instance"
-    except Exception as exc:  # noqa: BLE001 (Ray raises ConnectionError, RuntimeError or a bare Exception here)
-        ray.shutdown()
-        where = f"the Ray cluster at {address}" if address else "a local Ray instance"
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise MTLError(f"--engine ray: cannot reach {where} ({first[:200]})") from None
-
-
-def ray_engine(job: Job, device: str = "auto", cache_dir: str | None = None, workers: int = 1, address: str | None = None) -> Engine:
-    """An `Engine` (see `mtl.corpus.stream`) whose chunks are labelled by `workers` Ray actors."""
+    local = address in (None, "local")
+    if local:
+        # Ray turns 127.0.0.1 into this machine's network address and binds its servers there (or on every
+        # interface) unless told it is on one machine only: with this set, every server it starts is on 127.0.0.1.
+        os.environ[LOCAL_ONLY] = "0"
+    elif address.startswith(("http://", "https://")):
+        raise MTLError(f"{origin} {address}: that is the Ray dashboard (job submission) address; give the cluster's address "
+                       f"HOST:PORT (`ray start --head --port`, 6379 by default), or submit the run with `ray job submit --address {address} ...`")
     try:
         import ray
     except ImportError:
         raise MTLError("--engine ray: Ray is not installed; pip install -e '.[scale]'") from None
-    connect(address, workers)
-    gpus = ray.cluster_resources().get("GPU", 0)
-    backend = job.backend or "auto"
-    if device == "cuda" and not gpus:
-        raise MTLError("--device cuda: the Ray cluster has no GPU; use --device cpu or auto")
-    use_gpu = gpus > 0 and device in ("auto", "cuda") and backend not in CPU_BACKENDS
-    settings = {"backend": backend, "device": "cuda" if use_gpu else "cpu", "cache_dir": cache_dir,
-                "layers": job.layers or "last", "backbone": job.backbone or _default_backbone(), "cache": False}
-    ckpt_bytes = Path(job.model).read_bytes() if job.model else None
-    actor = ray.remote(num_cpus=1, num_gpus=1 if use_gpu else 0)(Labeller)
-    pool = [actor.remote(ckpt_bytes, settings) for _ in range(workers)]
+    if ray.is_initialized():
+        return "the running Ray instance", False
+    where = "a local Ray instance" if local else f"the Ray cluster at {address}"
+    if not local:
+        os.environ["RAY_ADDRESS"] = address  # Ray reads $RAY_ADDRESS before its address argument: --address wins
+        _check_reachable(address, origin)
+    tries = 2 if local else 1  # a busy machine can miss Ray's fixed 30 s for a new raylet to register: a local start tries twice
+    for left in range(tries - 1, -1, -1):
+        try:
+            if local:
+                # Local: the actors take one logical CPU each; one more lets the driver's own tasks run beside them.
+                ray.init(address="local", num_cpus=max(os.cpu_count() or 1, workers + 1), include_dashboard=False,
+                         log_to_driver=False, logging_level=logging.WARNING)
+            else:
+                ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
+            break
+        except (Exception, SystemExit) as exc:  # noqa: BLE001 (Ray raises ConnectionError, RuntimeError, a bare Exception, or exits)
+            ray.shutdown()
+            if not left:
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise MTLError(f"--engine ray: cannot join {where} ({first[:200]})") from None
+    return where, True
+
+
+def _check_reachable(address: str, origin: str) -> None:
+    """A one-line error, at once, for a cluster that does not answer (`ray.init` would retry for minutes, then exit)."""
+    import socket
+
+    target = address
+    if not address.startswith("ray://"):  # Ray Client addresses are dialled as given
+        try:  # how Ray will dial: `auto` looked up, 127.0.0.1 replaced by this machine's address (see LOCAL_ONLY)
+            from ray._private.services import canonicalize_bootstrap_address
+        except ImportError:  # a private helper: without it, check the address as given
+            canonicalize_bootstrap_address = None
+        if canonicalize_bootstrap_address is not None:
+            try:
+                target = canonicalize_bootstrap_address(address) or address
+            except Exception as exc:  # noqa: BLE001 (no cluster found for `auto`, a malformed address)
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise MTLError(f"--engine ray: cannot reach the Ray cluster at {address} ({origin}): {first[:200]}") from None
+        elif address == "auto":
+            return
+    hostport = _host_port(target)
+    if hostport is None:
+        raise MTLError(f"{origin} {address}: not a Ray cluster address; give HOST:PORT (e.g. 10.0.0.5:6379), ray://HOST:PORT or auto")
+    host, port = hostport
+    try:
+        socket.create_connection((host, port), timeout=REACH_TIMEOUT_S).close()
+        return
+    except socket.gaierror:
+        reason = f"unknown host {host}"
+    except TimeoutError:
+        reason = f"no answer from {host}:{port} within {REACH_TIMEOUT_S} s"
+    except OSError as exc:
+        reason = f"{os.strerror(exc.errno).lower() if exc.errno else exc} at {host}:{port}"
+    given = _host_port(address)
+    loopback = ("127.0.0.1", "localhost", "::1")
+    if given and given[0] in loopback and host not in loopback:
+        reason += f" (Ray dials this machine's address for {given[0]}; for a cluster on 127.0.0.1 only, set {LOCAL_ONLY}=0 as for its `ray start`)"
+    raise MTLError(f"--engine ray: cannot reach the Ray cluster at {address} ({origin}): {reason}")
+
+
+def _host_port(address: str) -> tuple[str, int] | None:
+    """("10.0.0.5", 6379) from "10.0.0.5:6379", "ray://10.0.0.5:6379" or "[::1]:6379"; None if it has no port."""
+    host, sep, port = address.removeprefix("ray://").split("/")[0].rpartition(":")
+    return (host.strip("[]"), int(port)) if sep and host and port.isdigit() else None
+
+
+def ray_engine(job: Job, device: str = "auto", cache_dir: str | None = None, workers: int = 1, address: str | None = None) -> Engine:
+    """An `Engine` (see `mtl.corpus.stream`) whose chunks are labelled by `workers` Ray actors."""
+    if not job.out.is_absolute() and "working_dir_files" in Path.cwd().parts:
+        raise MTLError(f"--out {job.out}: under `ray job submit --working-dir`, a relative path lands in Ray's temporary copy "
+                       "of that folder; give an absolute path")
+    _, owned = connect(address, workers)
+    import ray
+
+    try:
+        gpus = ray.cluster_resources().get("GPU", 0)
+        backend = job.backend or "auto"
+        if device == "cuda" and not gpus:
+            raise MTLError("--device cuda: the Ray cluster has no GPU; use --device cpu or auto")
+        use_gpu = gpus > 0 and device in ("auto", "cuda") and backend not in CPU_BACKENDS
+        settings = {"backend": backend, "device": "cuda" if use_gpu else "cpu", "cache_dir": cache_dir and str(Path(cache_dir).resolve()),
+                    "layers": job.layers or "last", "backbone": job.backbone or _default_backbone(), "cache": False}
+        ckpt = ray.put(Path(job.model).read_bytes()) if job.model else None  # one copy in the object store, whatever the actors
+        actor = ray.remote(num_cpus=1, num_gpus=1 if use_gpu else 0)(Labeller)
+        pool = [actor.remote(ckpt, settings) for _ in range(workers)]
+    except BaseException:
+        if owned:
+            ray.shutdown()
+        raise
 
     def run(chunks, progress):
         pending: dict = {}  # object ref -> (actor index, rows)
@@ -113,9 +190,14 @@ def ray_engine(job: Job, device: str = "auto", cache_dir: str | None = None, wor
                 yield _take(ray, pending, load, progress)
         except ray.exceptions.RayError as exc:
             raise MTLError(f"Ray run failed: {_root_cause(exc)}") from None
-        finally:
-            for ref in pending:  # an interrupted run: drop what the actors still hold
-                ray.cancel(ref)
+        finally:  # done, failed or interrupted: the actors go (with what they still hold), and so does a Ray this run joined
+            for a in pool:
+                try:
+                    ray.kill(a)
+                except Exception:  # noqa: BLE001 (gone already, with its cluster)
+                    pass
+            if owned:
+                ray.shutdown()
 
     return run
 
