@@ -400,8 +400,17 @@ COMMANDS = {
 }
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt  # SIGTERM (e.g. `ray job stop`, `docker stop`) ends a run like Ctrl-C: one line, exit 130
+
+
 def main(argv: list[str] | None = None) -> int:
+    import signal
+    import threading
+
     args = build_parser().parse_args(argv)
+    on_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _interrupt) if on_main else None
     if not args.debug:
         warnings.showwarning = lambda msg, cat, *rest, **kw: print(f"warning: {msg}", file=sys.stderr)
     try:
@@ -416,3 +425,6 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
+    finally:
+        if on_main:
+            signal.signal(signal.SIGTERM, previous)

@@ -245,3 +245,24 @@ def test_predict_from_stdin_on_a_cpu_imports_neither_torch_nor_pandas(trained):
                        env={k: v for k, v in __import__("os").environ.items() if k != "MTL_BACKEND"})
     assert r.returncode == 0, r.stderr
     assert "heavy: []" in r.stderr, r.stderr
+
+
+def test_sigterm_ends_a_run_like_ctrl_c(tmp_path):
+    """`ray job stop`, `docker stop` and `kill` send SIGTERM: one line and exit 130, no traceback."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import ROOT
+
+    src = tmp_path / "in.txt"
+    src.write_text("".join(f"Sentence number {i} about the cup final.\n" for i in range(200_000)))
+    proc = subprocess.Popen([sys.executable, "-m", "mtl", "embed", str(src), "--out", str(tmp_path / "out"), "--backend", "onnx",
+                             "--chunk-size", "500"], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while not list((tmp_path / "out").glob("part-*")) and time.time() < deadline:  # running: past the imports, shards coming
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    err = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 130 and "mtl embed: interrupted" in err and "Traceback" not in err, err[-2000:]

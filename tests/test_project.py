@@ -50,9 +50,11 @@ def test_notebook_is_stored_clean_with_one_parameters_cell(nb):
     assert all(re.match(r"^\w+ = .+$", line) for line in src.splitlines() if line.strip()), "plain assignments only"
 
 
-def test_notebook_cells_are_thin():
-    """Logic lives in mtl/: no code cell over 10 lines (imports and blank lines not counted)."""
-    for nb in NOTEBOOKS:
+def test_the_step_by_step_notebooks_have_thin_cells():
+    """01-04 walk through the model one step per cell: logic lives in mtl/, no code cell over 10 lines (imports and
+    blank lines not counted). The research notebooks (05-09) show their experiments' steps (grids, CV, bootstrap),
+    so their cells may be longer; anything two of them repeat lives in mtl.research."""
+    for nb in NOTEBOOKS[:4]:
         for c in json.loads(nb.read_text())["cells"]:
             lines = [ln for ln in "".join(c["source"]).splitlines() if ln.strip() and not ln.startswith(("from ", "import ", "#"))]
             if c["cell_type"] == "code" and "parameters" not in c["metadata"].get("tags", []):

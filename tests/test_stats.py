@@ -84,7 +84,8 @@ def test_resample_scores_from_confusion_counts_equal_sklearn(metric):
     class that is never true or never predicted."""
     from sklearn.metrics import confusion_matrix
 
-    from mtl.evaluate import from_confusion, metric as sklearn_metric
+    from mtl.evaluate import from_confusion
+    from mtl.evaluate import metric as sklearn_metric
 
     rng = np.random.default_rng(7)
     for trial in range(30):

@@ -161,7 +161,7 @@ def _run(job: Job, engine: Engine, name: str) -> dict:
     # leave=False: the bar is wiped when the run ends, leaving the summary line (or the one-line error).
     bar = progress_bar(count_rows(job.inputs), job.command, "rows", mininterval=1, smoothing=0.1, dynamic_ncols=True, leave=False)
     t0 = time.perf_counter()
-    counts = {"rows": 0, "kept": 0, "written": 0}
+    counts = {"rows": 0, "kept": 0, "kept_rows": 0, "written": 0}
     sources_of: dict[int, list[str]] = {}
 
     def todo() -> Iterator[tuple[int, list[str], list[str]]]:
@@ -170,6 +170,7 @@ def _run(job: Job, engine: Engine, name: str) -> dict:
             shard = job.out / f"part-{i:08d}.{ext}"
             if shard.is_file() and shard_rows(shard, job.fmt) == len(texts):
                 counts["kept"] += 1  # finished by an earlier run: its write was atomic, so it is whole
+                counts["kept_rows"] += len(texts)
                 bar.update(len(texts))
                 continue
             sources_of[i] = sources
@@ -181,11 +182,11 @@ def _run(job: Job, engine: Engine, name: str) -> dict:
             counts["written"] += 1
     finally:
         bar.close()
-    rows, kept = counts["rows"], counts["kept"]
+    rows, kept, done = counts["rows"], counts["kept"], counts["rows"] - counts["kept_rows"]
     manifest.update(complete=True, rows=rows, shards=kept + counts["written"], engine=name)
     write_text(job.out / MANIFEST, json.dumps(manifest, indent=1))
     resumed = f" ({kept} finished shards kept from an earlier run)" if kept else ""
     secs = time.perf_counter() - t0
-    print(f"{job.out}: {rows} rows in {kept + counts['written']} shards{resumed}; {secs:.0f} s, {rows / max(secs, 1e-9):.0f} rows/s ({name})",
+    print(f"{job.out}: {rows} rows in {kept + counts['written']} shards{resumed}; {secs:.0f} s, {done / max(secs, 1e-9):.0f} rows/s labelled ({name})",
           file=sys.stderr)
     return manifest

@@ -107,7 +107,6 @@ def attach_checked_outputs(items) -> None:
     """pytest hook body: give nbval's `# NBVAL_CHECK_OUTPUT` cells their expected output and a count
     (nbval treats a cell without one as unrun and skips the comparison)."""
     import nbformat
-
     import pytest
 
     expected = json.loads(CHECKED_OUTPUTS.read_text()) if CHECKED_OUTPUTS.is_file() else {}
