@@ -151,8 +151,7 @@ def bench_corpus(rows: list[int], which: list[str], chunk: int) -> dict:
 
 def fill_cache(cache_dir: Path, n: int, dim: int = 384) -> None:
     """n synthetic unit vectors under random keys, through the cache API (no encoding)."""
-    from mtl.backbone import resolve_backbone
-
+    from mtl.engine.backbone import resolve_backbone
     from mtl.engine.cache import EmbeddingCache
 
     cache = EmbeddingCache(cache_dir, resolve_backbone().identity, "onnx-fp32")

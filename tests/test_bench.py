@@ -1,0 +1,101 @@
+"""The torch pipeline's options (`torch_encoder.Pipeline`) and the bench's own pieces: the batches the producer
+cuts are the ones `tokens.padded` would make, the packed (unpadded) forward gives the padded one's vectors, and
+the bench scripts import and run (their module paths broke once, unnoticed). GPU checks are marked `gpu`."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+from conftest import ROOT, SENTENCES
+
+from mtl.engine import torch_encoder as te
+from mtl.engine.backbone import resolve_backbone
+from mtl.engine.tokens import length_batches, padded, tokenizer
+from mtl.errors import MTLError
+
+sys.path.insert(0, str(ROOT / "bench"))
+TEXTS = [*SENTENCES, "love it 😍 what a goal!!", "x", "a " * 300]  # short, long, truncated at the maximum length
+
+
+def test_pipeline_options_parse_and_are_checked():
+    p = te.Pipeline.parse("attention=varlen, budget=65536,rows=4096,compile=reduce-overhead,pad_to=16")
+    assert (p.attention, p.token_budget, p.max_rows, p.compile, p.pad_to, p.packed) == ("varlen", 65536, 4096, "reduce-overhead", 16, True)
+    assert te.Pipeline.parse("") == te.Pipeline() == te.PIPELINE  # the default: padded batches, no compilation
+    for bad in ("attention=flash", "budget", "colour=red", "rows=0"):
+        with pytest.raises(MTLError):
+            te.Pipeline.parse(bad)
+
+
+def test_producer_batches_are_what_tokens_padded_makes():
+    tok = tokenizer(resolve_backbone())
+    encs = tok.encode_batch(TEXTS)
+    flat, starts, lens = te._flat_ids(encs)
+    assert lens.tolist() == [len(e.ids) for e in encs]
+    for idx in length_batches(lens, 64, 3):
+        ids, mask, rows = te._padded(flat, starts, lens, idx)
+        want_ids, want_mask = padded(encs, idx)
+        assert rows == len(idx) and np.array_equal(ids, want_ids) and np.array_equal(mask, want_mask)
+        ids16, mask16, _ = te._padded(flat, starts, lens, idx, pad_to=16)
+        assert ids16.shape[0] % 16 == 0 and ids16.shape[1] % 16 == 0 and np.array_equal(ids16[: len(idx), : ids.shape[1]], ids)
+        assert (mask16[len(idx) :].sum(1) == 1).all()  # dummy rows: one token, so pooling stays finite
+        p_ids, pos, seg, offsets, lengths, (longest, shortest) = te._packed(flat, starts, lens, idx)
+        assert np.array_equal(p_ids, want_ids[want_mask.astype(bool)]) and np.array_equal(np.diff(offsets), lens[idx])
+        assert (pos[offsets[:-1]] == 0).all() and np.array_equal(np.bincount(seg), lens[idx]) and (longest, shortest) == (lens[idx].max(), lens[idx].min())
+
+
+@pytest.fixture(scope="module")
+def padded_fp32():
+    return te.TorchEncoder(resolve_backbone(), "torch-fp32", "cpu")
+
+
+@pytest.mark.parametrize("options", ["attention=njt", "pad_to=8,window=3"])
+def test_pipeline_options_give_the_default_vectors_on_the_cpu(padded_fp32, options):
+    enc = te.TorchEncoder(resolve_backbone(), "torch-fp32", "cpu", te.Pipeline.parse(options))
+    for span in (None, (4, 6), (0, 2)):
+        x, ref = enc.encode(TEXTS, span), padded_fp32.encode(TEXTS, span)
+        assert (x * ref).sum(1).min() >= 0.9999, (options, span)
+
+
+def test_varlen_is_refused_where_it_cannot_run():
+    with pytest.raises(MTLError, match="varlen"):
+        te.TorchEncoder(resolve_backbone(), "torch-fp32", "cpu", te.Pipeline(attention="varlen"))
+
+
+def test_bench_scripts_run_their_cheap_modes(tmp_path):
+    import bench_encode
+
+    texts = bench_encode.bench_sentences(300)
+    assert len(set(texts)) == 300
+    slow = sum(not (t.isascii() and "&" not in t) for t in texts) / len(texts)
+    assert 0.15 < slow < 0.35  # tweet-like: about a quarter take backbone_text's slow path, as TweetEval's test tweets do
+    for mode in ("tokenizer", "producer", "producer+attention=njt"):
+        info = bench_encode.run_mode(mode, texts, "cpu", tmp_path / "x.npy")
+        assert info["seconds"] > 0 and "failed" not in info
+
+
+def test_host_stand_in_goes_through_encode(monkeypatch, tmp_path):
+    import bench_host
+
+    from mtl.engine import embed
+
+    monkeypatch.setattr(embed, "load_encoder", lambda *a: bench_host.StandIn(True, "cuda"))
+    monkeypatch.setattr(embed, "device_for", lambda backend, device: "cuda")
+    x, stats = embed.encode(TEXTS, embed.EmbedSpec(cache_dir=tmp_path))
+    assert stats.mode == "torch-fp16" and x.shape == (len(TEXTS), 384)
+    np.testing.assert_allclose(np.linalg.norm(x, axis=1), 1, rtol=1e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("options", ["attention=njt", "attention=varlen", "attention=varlen,budget=65536,rows=4096", "pad_to=16"])
+def test_gpu_pipeline_options_match_fp32(padded_fp32, options):
+    try:
+        enc = te.TorchEncoder(resolve_backbone(), "torch-fp16", "cuda", te.Pipeline.parse(options))
+    except MTLError as exc:
+        if "has no torch.nn.attention.varlen" in str(exc):
+            pytest.skip(str(exc))
+        raise
+    for span in (None, (4, 6)):
+        x, ref = enc.encode(TEXTS, span), padded_fp32.encode(TEXTS, span)
+        assert (x * ref).sum(1).min() >= 0.999, (options, span)
