@@ -92,14 +92,13 @@ class JointLoss:
         losses = {}
         for t in self.tasks:
             y = ys[t]
-            mask = y >= 0
-            if not mask.any():  # a batch without labels for t adds nothing (and no gradient)
+            if not (y >= 0).any():  # a batch without labels for t adds nothing (and no gradient)
                 continue
             if idx is None or self.plain[t]:
                 losses[t] = F.cross_entropy(out[t], y, ignore_index=-1)
-            else:
-                w = self.rows[t][idx][mask]
-                losses[t] = (F.cross_entropy(out[t][mask], y[mask], reduction="none") * w).sum() / w.sum()
+            else:  # unlabelled rows have weight 0 (and cross-entropy 0 with ignore_index): no masking needed
+                w = self.rows[t][idx]
+                losses[t] = (F.cross_entropy(out[t], y, ignore_index=-1, reduction="none") * w).sum() / w.sum()
         return losses
 
     def combine(self, losses: dict):
@@ -140,7 +139,8 @@ def train(
 ):
     """Train one head per task; return (heads, history rows, learned log-variances or None).
 
-    History rows hold, per epoch: the joint train loss, and train/test loss and accuracy per task.
+    History rows hold, per epoch: the joint train loss, and (when there is a test set or an `on_epoch` to tell)
+    train/test loss and accuracy per task.
     `prior` (task -> label-description vectors, `mtl.prior.prototypes`) is needed when `config.prior` is
     "descriptions"; the returned heads are plain heads either way. `sources` names each row's source (file)
     for `config.mix`.
@@ -180,13 +180,14 @@ def _train(x_train, y_train, tasks, config, x_test, y_test, on_epoch, dev, prior
         groups.append({"params": scales, "weight_decay": 0.0})
     opt = torch.optim.Adam(groups, lr=config.lr, weight_decay=config.weight_decay)
 
-    X = torch.as_tensor(x_train, dtype=torch.float32, device=dev)
-    Y = {t: torch.as_tensor(y_train[t], dtype=torch.long, device=dev) for t in tasks}
-    Xt = torch.as_tensor(x_test, dtype=torch.float32, device=dev) if x_test is not None else None
+    X = torch.tensor(x_train, dtype=torch.float32, device=dev)  # a copy: arrays from worker processes are read-only maps
+    Y = {t: torch.tensor(y_train[t], dtype=torch.long, device=dev) for t in tasks}
+    Xt = torch.tensor(x_test, dtype=torch.float32, device=dev) if x_test is not None else None
     Yt = {t: torch.as_tensor(y_test[t], dtype=torch.long, device=dev) for t in tasks} if y_test else None
     gen = torch.Generator().manual_seed(config.seed)
     history = []
     n = len(X)
+    track = Xt is not None or on_epoch is not None
     for epoch in range(1, config.epochs + 1):
         heads.train()
         perm = torch.randperm(n, generator=gen).to(dev)
@@ -203,6 +204,9 @@ def _train(x_train, y_train, tasks, config, x_test, y_test, on_epoch, dev, prior
         row = {"epoch": epoch, "train_loss": joint_sum / n}
         heads.eval()
         with torch.no_grad():
+            if not track:  # nobody reads per-epoch scores (CV folds, comparisons): skip a forward pass over every row
+                history.append(row)
+                continue
             for split, xs, ys in (("train", X, Y), ("test", Xt, Yt)):
                 if xs is None or ys is None:
                     continue
