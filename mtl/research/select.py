@@ -146,8 +146,10 @@ def all_in_folds(rows: Encoded) -> tuple[Encoded, Encoded]:
 
 
 def train_rows(files: list[str | Path], tasks: Tasks, spec: EmbedSpec) -> Encoded:
-    """The train rows of `files` (held-out `split=test` rows never enter selection), embedded with `spec`."""
-    return load_encoded([Path(p) for p in files], tasks, spec, verbose=False)[0].split()[0]
+    """The train rows of `files` (held-out `split=test` rows never enter selection), embedded with `spec`.
+
+    Quiet about repeated texts: selection reads the same files many times, and `mtl train` warns once when it trains."""
+    return load_encoded([Path(p) for p in files], tasks, spec, verbose=False, warn_duplicates=False)[0].split()[0]
 
 
 def tune(data: list[str | Path], tasks: Tasks = DEFAULT_TASKS, spec: EmbedSpec | None = None, folds: int = 5, seed: int = 0,
