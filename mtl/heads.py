@@ -65,7 +65,7 @@ def logits(state: dict[str, np.ndarray], task: str, x: np.ndarray) -> np.ndarray
 
     A shared trunk, when the state has one (checkpoints from before it have none), runs first.
     """
-    h = x.astype(np.float32)
+    h = np.asarray(x, dtype=np.float32)  # no copy when it is float32 already
     if has_trunk(state):
         h = _chain(state, TRUNK, h, relu_last=True)
     return _chain(state, task, h, relu_last=False)
@@ -80,6 +80,6 @@ def softmax(z: np.ndarray) -> np.ndarray:
 def predict_proba(state: dict[str, np.ndarray], tasks: Tasks, x: np.ndarray) -> dict[str, np.ndarray]:
     """Class probabilities per task, columns in the task's label order."""
     if has_trunk(state):  # run the shared trunk once, not once per task
-        x = _chain(state, TRUNK, x.astype(np.float32), relu_last=True)
+        x = _chain(state, TRUNK, np.asarray(x, dtype=np.float32), relu_last=True)
         state = {k: v for k, v in state.items() if not k.startswith(f"{TRUNK}.")}
     return {task: softmax(logits(state, task, x)) for task in tasks}

@@ -176,10 +176,19 @@ def _run(job: Job, engine: Engine, name: str) -> dict:
             sources_of[i] = sources
             yield i, texts, sources
 
+    from concurrent.futures import ThreadPoolExecutor
+
+    pending = None  # the previous shard's write, running while the engine labels the next chunk
     try:
-        for i, pred in engine(todo(), bar.update):
-            write_shard(job.out / f"part-{i:08d}.{ext}", pred, sources_of.pop(i), job)
-            counts["written"] += 1
+        with ThreadPoolExecutor(max_workers=1) as writer:
+            for i, pred in engine(todo(), bar.update):
+                if pending is not None:
+                    pending.result()  # one write in flight: a failed write stops the run before the next is started
+                    counts["written"] += 1
+                pending = writer.submit(write_shard, job.out / f"part-{i:08d}.{ext}", pred, sources_of.pop(i), job)
+            if pending is not None:
+                pending.result()
+                counts["written"] += 1
     finally:
         bar.close()
     rows, kept, done = counts["rows"], counts["kept"], counts["rows"] - counts["kept_rows"]

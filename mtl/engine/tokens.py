@@ -25,6 +25,9 @@ MAX_ROWS = 1024
 
 _ESCAPE = re.compile(r"\\u([0-9a-fA-F]{4})")
 _SKIP = {"\ufe0f", "\u200d"}  # emoji variation selector and joiner: no meaning of their own
+# The only characters `backbone_text` changes: the two above and everything from U+2190 (arrows, symbols,
+# pictographs, skin tones, flag letters). One regex finds them in C, so ordinary text costs nothing.
+_CANDIDATES = re.compile("[\u200d\ufe0f\u2190-\U0010ffff]")
 
 
 def backbone_text(text: str) -> str:
@@ -40,18 +43,20 @@ def backbone_text(text: str) -> str:
     text = html.unescape(_ESCAPE.sub(lambda m: chr(int(m.group(1), 16)), text))
     if any("\ud800" <= ch <= "\udfff" for ch in text):  # escaped surrogate pairs -> one character
         text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
-    out, spelled = [], False
-    for ch in text:
+    spelled = False
+
+    def replace(m: re.Match) -> str:
+        nonlocal spelled
+        ch = m.group()
         if ch in _SKIP or unicodedata.category(ch) == "Sk" and ord(ch) >= 0x1F3FB:
-            continue
-        if unicodedata.category(ch) == "So" and ord(ch) >= 0x2190:
-            name = unicodedata.name(ch, "")
-            if not name.startswith("REGIONAL INDICATOR"):
-                out.append(f" {name.lower()} ")
+            return ""
+        if unicodedata.category(ch) == "So":
             spelled = True
-            continue
-        out.append(ch)
-    text = "".join(out)
+            name = unicodedata.name(ch, "")
+            return "" if name.startswith("REGIONAL INDICATOR") else f" {name.lower()} "
+        return ch
+
+    text = _CANDIDATES.sub(replace, text)
     return " ".join(text.split()) if spelled else text
 
 
