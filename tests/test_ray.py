@@ -20,8 +20,6 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import ROOT
 
-from mtl import paths
-
 LOOPBACK = {"127.0.0.1", "::ffff:127.0.0.1", "::1"}
 # Ray replaces 127.0.0.1 by this machine's network address (and its servers bind there, or to every interface)
 # unless told that the cluster is on one machine: with this, every server of the cluster listens on 127.0.0.1.
@@ -230,19 +228,6 @@ def same_rows(a: Path, b: Path) -> None:
         np.testing.assert_allclose([list(d.values()) for d in x if d], [list(d.values()) for d in y if d], atol=1e-5)
 
 
-@pytest.fixture
-def onnx_cache(tmp_path) -> Path:
-    """An empty embedding cache sharing the project's ONNX export (workers encode every row, nobody re-exports)."""
-    from mtl.engine.embed import EmbedSpec, encode
-
-    if not (paths.CACHE_DIR / "onnx").is_dir():
-        encode(["warm up"], EmbedSpec(backend="onnx"))
-    d = tmp_path / "cache"
-    d.mkdir()
-    (d / "onnx").symlink_to(paths.CACHE_DIR / "onnx")
-    return d
-
-
 # -- errors: one line, exit code 2, at once ------------------------------------------------------------------
 @pytest.mark.slow
 @pytest.mark.parametrize("how", ["refused", "unknown host", "dashboard url"])
@@ -277,23 +262,23 @@ def test_a_relative_out_under_ray_job_submit_is_refused(tmp_path, monkeypatch):
 
 # -- a local instance: started on 127.0.0.1 and gone with the run ---------------------------------------------
 @pytest.mark.slow
-def test_a_local_ray_instance_listens_on_loopback_only_gives_the_local_rows_and_leaves_nothing(tmp_path, trained, onnx_cache):
+def test_a_local_ray_instance_listens_on_loopback_only_gives_the_local_rows_and_leaves_nothing(tmp_path, trained, cache_dir):
     pytest.importorskip("ray")
     ray_tmp = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))  # not /tmp/ray; short for Ray's socket paths
     # A token of its own: a new local instance otherwise writes one to ~/.ray, which later `ray start`s pick up.
     env = {**{k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", *ONE_MACHINE)},
            "RAY_TMPDIR": str(ray_tmp), "RAY_AUTH_TOKEN": secrets.token_hex(32), "RAY_USAGE_STATS_ENABLED": "0"}
     try:
-        _local_instance(tmp_path, trained, onnx_cache, env)
+        _local_instance(tmp_path, trained, cache_dir, env)
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
-def _local_instance(tmp_path, trained, onnx_cache, env):
+def _local_instance(tmp_path, trained, cache_dir, env):
     import psutil
 
     src = small_corpus(tmp_path)
-    common = ["--chunk-size", "100", "--model", str(trained["path"]), "--cache-dir", str(onnx_cache)]
+    common = ["--chunk-size", "100", "--model", str(trained["path"]), "--cache-dir", str(cache_dir)]
     local = subprocess.run([sys.executable, "-m", "mtl", "predict", str(src), "--out", str(tmp_path / "local"), *common],
                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert local.returncode == 0, local.stderr[-3000:]

@@ -31,19 +31,6 @@ def short_texts(n: int, tag: str = "") -> list[str]:
     return [f"{words[i % 4]} {tag}{i}" for i in range(n)]
 
 
-@pytest.fixture
-def cache_dir(tmp_path) -> Path:
-    """An empty embedding cache that shares the project's ONNX export (so no test re-exports it)."""
-    from mtl.engine.embed import EmbedSpec, encode
-
-    if not (paths.CACHE_DIR / "onnx").is_dir():
-        encode(["warm up"], EmbedSpec(backend="onnx"))
-    d = tmp_path / "cache"
-    d.mkdir()
-    (d / "onnx").symlink_to(paths.CACHE_DIR / "onnx")
-    return d
-
-
 def vectors(n: int, seed: int = 0) -> tuple[list[bytes], np.ndarray]:
     rng = np.random.default_rng(seed)
     raw = rng.bytes(32 * n)
