@@ -18,13 +18,13 @@ Modes (each runs in its own process on a CPU; on CUDA in a few processes to save
   st-DTYPE-bB          the same at another batch size / precision (ST's best is what `x best ST` divides by)
   mtl-default          `encode(texts, EmbedSpec(device=...))`: what a user's call does, cache writes included
   mtl-default-nocache  the same with `EmbedSpec(cache=False)` (what corpus runs use)
-  onnx-fp32, onnx-int8, torch-fp32, torch-bf16, torch-fp16   the encoder alone (`load_encoder`), no cache
+  onnx-fp32, onnx-int8, openvino-bf16, torch-fp32, torch-fp16   the encoder alone (`load_encoder`), no cache
   tokenizer            Rust tokenisation of every text, nothing else (the floor)
   producer             the torch pipeline's producer alone: tokenise, sort, cut, pad (no network)
   NAME+OPTIONS         torch modes with `torch_encoder.Pipeline` options, e.g. torch-fp16+attention=varlen,budget=65536
 
 On a CPU it then measures whole processes (imports and model loads included), alternated, medians of
-`--repeats`: `mtl embed` of `--whole-n` texts with `--backend int8` and with the fp32 default against a
+`--repeats`: `mtl embed` of `--whole-n` texts with `--backend int8`, `--backend bf16` and the fp32 default against a
 SentenceTransformer script, and a cold one-sentence `echo ... | mtl predict -`. Results: JSON in
 bench/results/ (git-ignored), written after every step, naming the machine.
 """
@@ -70,7 +70,7 @@ np.save(sys.argv[2], model.encode(texts, batch_size=32, normalize_embeddings=Tru
 """
 EMOJI = ["\U0001F602", "\u2764\ufe0f", "\U0001F62D", "\U0001F60D", "\U0001F525", "\U0001F44F", "\U0001F914", "\U0001F644",
          "\U0001F44D\U0001F3FC", "\U0001F1FA\U0001F1F8"]
-CPU_MODES = ["mtl-default", "mtl-default-nocache", "onnx-fp32", "torch-fp32", "torch-bf16", "onnx-int8", "tokenizer", "producer"]
+CPU_MODES = ["mtl-default", "mtl-default-nocache", "onnx-fp32", "torch-fp32", "openvino-bf16", "onnx-int8", "tokenizer", "producer"]
 # CUDA: ST's batch sizes, then the mtl modes and the torch pipeline's options (one process), then compiled ones (one each, last).
 CUDA_ST = ["st-fp32-b512", "st-fp16-b512"]
 CUDA_MODES = ["mtl-default", "mtl-default-nocache", "torch-fp16", "torch-fp16+attention=njt", "torch-fp16+attention=varlen",
@@ -360,7 +360,7 @@ def timed(cmd: list[str] | str, stdin: bytes | None = None) -> tuple[float, floa
 
 
 def whole_process(texts: list[str], model: Path, tmp: Path, repeats: int) -> dict:
-    """CPU, whole processes, alternated: `mtl embed --backend int8`, `mtl embed` (fp32 default) vs a SentenceTransformer script."""
+    """CPU, whole processes, alternated: `mtl embed --backend int8` / `bf16` / the fp32 default vs a SentenceTransformer script."""
     src, script = tmp / "whole.txt", tmp / "st.py"
     src.write_text("\n".join(texts) + "\n", encoding="utf-8")
     script.write_text(ST_SCRIPT)
@@ -368,6 +368,7 @@ def whole_process(texts: list[str], model: Path, tmp: Path, repeats: int) -> dic
     cmds = {
         "st_script": lambda i: [sys.executable, str(script), str(src), str(tmp / f"st{i}.npy")],
         "mtl_embed_int8": lambda i: [sys.executable, "-m", "mtl", "embed", str(src), "--backend", "int8", "--out", str(tmp / f"e8-{i}"), "--cache-dir", str(cache)],
+        "mtl_embed_bf16": lambda i: [sys.executable, "-m", "mtl", "embed", str(src), "--backend", "bf16", "--out", str(tmp / f"e16-{i}"), "--cache-dir", str(cache)],
         "mtl_embed_fp32": lambda i: [sys.executable, "-m", "mtl", "embed", str(src), "--out", str(tmp / f"e32-{i}"), "--cache-dir", str(cache)],
     }
     runs: dict = {k: {"s": [], "peak_rss_mb": []} for k in cmds}
@@ -380,6 +381,7 @@ def whole_process(texts: list[str], model: Path, tmp: Path, repeats: int) -> dic
         v["median_s"] = statistics.median(v["s"])
     st = runs["st_script"]["median_s"]
     res = {"n": len(texts), "repeats": repeats, "runs": runs, "int8_x_st": st / runs["mtl_embed_int8"]["median_s"],
+           "bf16_x_st": st / runs["mtl_embed_bf16"]["median_s"],
            "fp32_x_st": st / runs["mtl_embed_fp32"]["median_s"]}
     # cold start: a new sentence each call (so it really encodes), the page cache warmed by one call first
     sentence = 'echo "The striker scored a late winner, number $(date +%N)"'
@@ -472,7 +474,8 @@ def main() -> None:
             modes = a.modes or [*CUDA_ST, *CUDA_MODES, *CUDA_COMPILE]
         else:
             modes = a.modes or CPU_MODES
-        prepare_exports(["onnx"] + (["int8"] if any("int8" in m for m in modes) or (a.whole_n and a.device == "cpu") else []))
+        whole_cpu = bool(a.whole_n and a.device == "cpu")
+        prepare_exports(["onnx"] + [b for b, m in (("int8", "int8"), ("bf16", "openvino")) if whole_cpu or any(m in x for x in modes)])
         model_path, ckpt = heads(work, a.model)
         results["heads"] = str(model_path) if a.model else "default recipe, trained here on ONNX fp32 vectors"
         rows = slice(0, n_test) if n_test else slice(None)
@@ -554,7 +557,7 @@ def main() -> None:
             for k in r:
                 print(f"  {k:<16} median {r[k]['median_s']:6.2f} s  runs {r[k]['s']}  peak RSS MB {r[k]['peak_rss_mb']}")
             print(f"  mtl embed --backend int8: {w['int8_x_st']:.2f}x the ST script (target >= {TARGETS_CPU['int8_whole']}x); "
-                  f"fp32 default: {w['fp32_x_st']:.2f}x (target >= {TARGETS_CPU['fp32_whole']}x)")
+                  f"--backend bf16: {w['bf16_x_st']:.2f}x; fp32 default: {w['fp32_x_st']:.2f}x (target >= {TARGETS_CPU['fp32_whole']}x)")
             print(f"  cold one-sentence `mtl predict -`: median {w['cold_predict_median_s']:.2f} s of {len(w['cold_predict_s'])} "
                   f"{w['cold_predict_s']} (target <= {TARGETS_CPU['cold_s']} s)")
         save()

@@ -69,6 +69,10 @@ def load_encoder(backbone: Backbone, mode: str, device: str, cache_dir: Path):
             from mtl.engine.onnx_encoder import OnnxEncoder
 
             _ENCODERS[key] = OnnxEncoder(backbone, mode, cache_dir)
+        elif mode.startswith("openvino"):  # openvino is imported only on this path
+            from mtl.engine.openvino_encoder import OpenVinoEncoder
+
+            _ENCODERS[key] = OpenVinoEncoder(backbone, mode, cache_dir)
         else:
             from mtl.engine.torch_encoder import TorchEncoder
 
