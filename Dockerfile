@@ -1,5 +1,5 @@
 # JupyterLab at the repo root by default; the same image runs `mtl predict` (a default model is built in),
-# `mtl train`, `make run` and `make test`, all offline. README "Docker" lists what was verified.
+# `mtl train`, `make run` and `make test`, all offline. docs/docker.md lists what was verified.
 #   docker build -t multi-task-nlp .
 #   docker run --rm -p 8888:8888 multi-task-nlp
 # CUDA (not verified here; PyPI's torch is the CUDA 13 build): --build-arg TORCH_INDEX=https://pypi.org/simple
