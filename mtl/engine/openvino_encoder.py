@@ -85,12 +85,13 @@ def export_openvino(backbone: Backbone, cache_dir: Path) -> Path:
 
 
 def _stable_names(model) -> None:
-    """Rename nodes OpenVINO named itself (`Constant_19420`: a counter global to the process) by their position,
-    so the same ONNX file gives the same .xml bytes in any process, however many models it read before."""
+    """Rename nodes OpenVINO named itself (`Constant_19420`: a counter global to the process, `Constant_529_1` where
+    that name was taken already) by their position, so the same ONNX file gives the same .xml bytes in any process,
+    however many models it read before."""
     import re
 
     for i, op in enumerate(model.get_ordered_ops()):
-        if re.fullmatch(rf"{re.escape(op.get_type_name())}_\d+", op.get_friendly_name()):
+        if re.fullmatch(rf"{re.escape(op.get_type_name())}(_\d+)+", op.get_friendly_name()):
             op.set_friendly_name(f"ov_{op.get_type_name()}_{i}")
 
 
