@@ -28,8 +28,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e ".[dev,scale]"
 	$(BIN)/nbstripout --install --attributes .gitattributes 2>/dev/null || true
-	@# umap's first import compiles its numba functions into the venv (~15 s once), here rather than in `make run`
-	$(BIN)/python -c "import umap" 2>/dev/null || true
+	@# umap's first import compiles its numba functions (~15 s, cached in .cache/numba: mtl.plots sets NUMBA_CACHE_DIR),
+	@# here rather than in the first `make run`
+	$(BIN)/python -c "import mtl.plots, umap" 2>/dev/null || true
 	touch $(STAMP)
 endif
 
