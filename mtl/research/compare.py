@@ -16,6 +16,7 @@ from mtl.data import load_encoded
 from mtl.engine.embed import EmbedSpec
 from mtl.evaluate import task_metrics
 from mtl.prior import prototypes, zero_shot
+from mtl.research.jobs import parallel
 from mtl.tasks import DEFAULT_TASKS, Tasks
 
 METHODS = ("majority", "zero-shot", "logistic regression", "single-task heads", "multi-task heads")
@@ -99,15 +100,24 @@ def compare(data: list[str | Path] | None = None, model: str | Path | None = Non
     cell = ["/".join(str(v[i]) for v in tr.y.values()) for i in range(len(tr.x))]
     splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=config.seed)
     protos = prototypes(tasks, spec)
+    splits = list(splitter.split(tr.x, cell))
+
+    def fit(job: tuple[str, int | None]) -> dict:
+        """One method on one fold (predicting its validation rows), or on all train rows (fold None: the held-out split)."""
+        method, fold = job
+        if fold is None:
+            return fit_predict(method, tr.x, tr.y, te.x, tasks, config, protos, tr.sources) if len(te.x) else {}
+        fit_idx, val_idx = splits[fold]
+        return fit_predict(method, tr.x[fit_idx], {t: v[fit_idx] for t, v in tr.y.items()}, tr.x[val_idx], tasks, config, protos,
+                           tr.sources[fit_idx])
+
+    jobs = [(method, fold) for method in methods for fold in [*range(folds), None]]
+    done = dict(zip(jobs, parallel(fit, jobs)))  # one fit per core; each is seeded, so the table doesn't depend on the workers
     rows = []
     for method in methods:
-        cv = {t: [] for t in tasks}
-        for fit_idx, val_idx in splitter.split(tr.x, cell):
-            pred = fit_predict(method, tr.x[fit_idx], {t: v[fit_idx] for t, v in tr.y.items()}, tr.x[val_idx], tasks, config, protos,
-                               tr.sources[fit_idx])
-            for t, labels in tasks.items():
-                cv[t].append(task_metrics(tr.y[t][val_idx], pred[t], labels))
-        pred = fit_predict(method, tr.x, tr.y, te.x, tasks, config, protos, tr.sources) if len(te.x) else {}
+        cv = {t: [task_metrics(tr.y[t][val_idx], done[method, f][t], labels) for f, (_, val_idx) in enumerate(splits)]
+              for t, labels in tasks.items()}
+        pred = done[method, None]
         for t, labels in tasks.items():
             acc = np.array([m["accuracy"] for m in cv[t]])
             f1 = np.array([m["macro_f1"] for m in cv[t]])
