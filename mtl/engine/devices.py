@@ -123,14 +123,14 @@ def auto_backend(device: str) -> tuple[str, str]:
 def fastest_cpu_backend() -> tuple[str, str]:
     """The opt-in backend that is fastest on this CPU while keeping the labels, and why (`mtl info` says it; `auto` stays fp32).
 
-    Measured on a 2-core Sapphire Rapids VM with AMX (docs/int8.md; whole-process embed of 4,000 tweets, median of 5):
-    bf16 2.8x the fp32 default, int8 (onnxruntime dynamic) 1.7x; labels kept on TweetEval test: bf16 99.93 % topic /
-    99.86 % sentiment, int8 98.2 % / 95.2 %. Not measured: CPUs without AMX; there the line says so.
+    Measured on a 2-core Sapphire Rapids VM with AMX (docs/performance.md; whole-process embed of 4,000 tweets, median
+    of 3): bf16 2.2x the fp32 default, int8 (onnxruntime dynamic) 2.0x; labels kept on TweetEval test: bf16 99.93 % topic
+    / 99.86 % sentiment, int8 98.4 % / 95.2 %. Not measured: CPUs without AMX; there the line says so.
     """
     flags = cpu_flags()
     if "amx_bf16" in flags:
-        return "bf16", ("OpenVINO bf16 on AMX: 2.8x the fp32 default and 99.9 % of labels kept (measured on a Sapphire Rapids); "
-                        "int8 is slower here (1.7x) and keeps only 95 % of sentiment labels")
+        return "bf16", ("OpenVINO bf16 on AMX: 2.2x the fp32 default and 99.9 % of labels kept (measured on a Sapphire Rapids); "
+                        "int8 is about as fast (2.0x) but keeps only 95 % of sentiment labels")
     if has_bf16():
         return "bf16", ("OpenVINO bf16 on avx512_bf16 (no AMX; speed not measured): keeps ~99.9 % of labels; "
                         "int8 keeps only ~95 % of sentiment labels")

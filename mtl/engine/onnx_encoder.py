@@ -1,7 +1,7 @@
 """The backbone on onnxruntime (CPU): a one-off ONNX export with its pooling, fp32 or int8.
 
 int8 is onnxruntime's dynamic quantisation (int8 weights per channel, activations per tensor at run time):
-1.7x the fp32 speed on a Sapphire Rapids, but it keeps only 98.2 % of topic and 95.2 % of sentiment labels on
+2.0x the fp32 speed (whole process) on a Sapphire Rapids, but it keeps only 98.4 % of topic and 95.2 % of sentiment labels on
 TweetEval test. No static int8 recipe tried (onnxruntime, NNCF/OpenVINO, with SmoothQuant and fp32 layers) kept
 99 % of both at a speed gain; docs/int8.md has the numbers. The fp32 export is also what OpenVINO's bf16
 backend (`mtl.engine.openvino_encoder`) converts.

@@ -6,9 +6,9 @@ output), converted once to OpenVINO IR and cached as `<cache_dir>/openvino/<back
 `INFERENCE_PRECISION_HINT=bf16` lets the CPU plugin run the network in bf16 where it judges it safe
 (the matmuls on AMX tiles on Sapphire Rapids, accumulating in fp32).
 
-Measured (docs/int8.md; default heads, labels = argmax, agreement with the fp32 default's labels): TweetEval
+Measured (docs/performance.md, docs/int8.md; default heads, labels = argmax, agreement with the fp32 default's labels): TweetEval
 val 99.95 % topic / 99.80 % sentiment, test 99.93 % / 99.86 % (min cosine 0.99992 to fp32), curated held-out
-accuracy unchanged; whole-process embed of 4,000 tweets 2.8x the fp32 default (10x SentenceTransformer.encode)
+accuracy unchanged; whole-process embed of 4,000 tweets 2.2x the fp32 default (3.9x a SentenceTransformer script)
 on a 2-core Sapphire Rapids with AMX. On a CPU without bf16 instructions OpenVINO ignores the hint and computes
 in fp32 (`precision` says which runs; the vectors are then fp32-exact, and no faster than `onnx`).
 

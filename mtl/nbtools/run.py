@@ -19,6 +19,9 @@ CHECK_MARK = "# NBVAL_CHECK_OUTPUT"  # cells whose printed output is compared by
 # {notebook name: [stdout outputs of each checked cell, in notebook order]}. Not keyed by cell id: nbstripout
 # renumbers ids on commit, so a fresh clone's ids differ from the working copy's.
 CHECKED_OUTPUTS = paths.NOTEBOOKS_DIR / "checked_outputs.json"
+# The kernel warns at every start that it talks over TCP without encryption: a local kernel on 127.0.0.1, so in
+# `make run`'s log that is one line of noise per notebook. Its errors still show.
+KERNEL_ARGS = ["--IPKernelApp.log_level=ERROR"]
 
 
 def notebook_list(only: list[str] | None = None) -> list[Path]:
@@ -69,7 +72,8 @@ def run_all(params: dict, only: list[str] | None = None, out_dir: str | Path | N
         print(f"running {nb.name} {given or ''}", file=sys.stderr)
         start = time.perf_counter()
         try:
-            pm.execute_notebook(str(nb), str(out / nb.name), parameters=given, cwd=str(nb.parent), progress_bar=False, kernel_name="python3")
+            pm.execute_notebook(str(nb), str(out / nb.name), parameters=given, cwd=str(nb.parent), progress_bar=False, kernel_name="python3",
+                                extra_arguments=KERNEL_ARGS)
         except pm.PapermillExecutionError as exc:
             raise MTLError(f"{nb.name} failed in cell {exc.exec_count}: {exc.ename}: {exc.evalue}; see {out / nb.name}") from None
         print(f"  done in {time.perf_counter() - start:.1f} s", file=sys.stderr)
@@ -95,7 +99,7 @@ def refresh_checked_outputs(only: list[str] | None = None) -> list[Path]:
         for nb in notebook_list(only):
             print(f"refreshing checked outputs of {nb.name}", file=sys.stderr)
             executed = Path(tmp) / nb.name
-            pm.execute_notebook(str(nb), str(executed), cwd=str(nb.parent), progress_bar=False, kernel_name="python3")
+            pm.execute_notebook(str(nb), str(executed), cwd=str(nb.parent), progress_bar=False, kernel_name="python3", extra_arguments=KERNEL_ARGS)
             expected[nb.name] = [[o for o in c["outputs"] if o["output_type"] == "stream" and o["name"] == "stdout"]
                                  for c in json.loads(executed.read_text())["cells"] if c["cell_type"] == "code" and CHECK_MARK in "".join(c["source"])]
             done.append(nb)
