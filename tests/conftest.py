@@ -47,17 +47,21 @@ def trained(tmp_path_factory):
     return res
 
 
-@pytest.fixture
-def cache_dir(tmp_path) -> Path:
-    """An empty embedding cache that shares the project's ONNX export (so no test re-exports it)."""
+def linked_cache(d: Path) -> Path:
+    """`d` as an empty embedding cache that shares the project's ONNX export (so no test re-exports it)."""
     from mtl.engine.embed import EmbedSpec, encode
 
     if not (paths.CACHE_DIR / "onnx").is_dir():
         encode(["warm up"], EmbedSpec(backend="onnx"))
-    d = tmp_path / "cache"
-    d.mkdir()
+    d.mkdir(parents=True)
     (d / "onnx").symlink_to(paths.CACHE_DIR / "onnx")
     return d
+
+
+@pytest.fixture
+def cache_dir(tmp_path) -> Path:
+    """An empty embedding cache that shares the project's ONNX export."""
+    return linked_cache(tmp_path / "cache")
 
 
 def run_cli(*args: str, stdin: str | None = None, env: dict | None = None, cwd: Path | None = None, timeout: float = 300):

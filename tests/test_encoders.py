@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import SENTENCES, cuda_available, run_cli
+from conftest import SENTENCES, cuda_available, linked_cache, run_cli
 from helpers import FP32_EXACT
 
+from mtl.engine.backbone import resolve_backbone
 from mtl.engine.devices import MODES, auto_backend, resolve_backend
 from mtl.engine.embed import EmbedSpec, encode
 from mtl.engine.tokens import length_batches
@@ -31,7 +32,6 @@ def reference():
     """Plain sentence-transformers in fp32 on the CPU: what every backend is held to."""
     from sentence_transformers import SentenceTransformer
 
-    from mtl.engine.backbone import resolve_backbone
     from mtl.engine.tokens import backbone_text
 
     model = SentenceTransformer(str(resolve_backbone().folder), device="cpu")
@@ -112,26 +112,11 @@ def test_the_torch_pipeline_keeps_input_order_across_windows(tmp_path, monkeypat
     assert (x * y).sum(1).min() >= 0.9999
 
 
-def _onnx_in(cache_dir):
-    """The session's ONNX export linked into a fresh cache folder (the export itself needs torch and takes seconds)."""
-    from mtl import paths
-    from mtl.engine.backbone import resolve_backbone
-    from mtl.engine.onnx_encoder import export_onnx
-
-    backbone = resolve_backbone()
-    src = export_onnx(backbone, paths.CACHE_DIR)
-    dst = cache_dir / "onnx" / backbone.identity / src.name
-    dst.parent.mkdir(parents=True)
-    dst.symlink_to(src)
-    return backbone
-
-
 def test_openvino_export_is_cached_reused_and_deterministic(tmp_path, monkeypatch):
     from mtl.engine import openvino_encoder
 
-    first, second = tmp_path / "a", tmp_path / "b"
-    backbone = _onnx_in(first)
-    _onnx_in(second)
+    first, second = linked_cache(tmp_path / "a"), linked_cache(tmp_path / "b")
+    backbone = resolve_backbone()
     xml = openvino_encoder.export_openvino(backbone, first)
     assert xml == first / "openvino" / backbone.identity / "layers.xml"
     assert sorted(p.name for p in xml.parent.iterdir()) == ["layers.bin", "layers.xml"]  # no temp files left
@@ -151,18 +136,18 @@ def test_bf16_says_which_precision_runs(tmp_path):
     from mtl.engine.devices import has_bf16
     from mtl.engine.openvino_encoder import OpenVinoEncoder
 
-    backbone = _onnx_in(tmp_path)
-    assert OpenVinoEncoder(backbone, "openvino-bf16", tmp_path).precision == ("bf16" if has_bf16() else "f32")
+    cache = linked_cache(tmp_path / "cache")
+    assert OpenVinoEncoder(resolve_backbone(), "openvino-bf16", cache).precision == ("bf16" if has_bf16() else "f32")
 
 
-def test_the_default_cpu_path_does_not_import_openvino(tmp_path):
+def test_the_default_cpu_path_does_not_import_openvino(cache_dir):
+    import os
     import subprocess
     import sys
 
     code = ("import sys; from mtl.engine.embed import EmbedSpec, encode; "
-            f"encode(['A fine goal.'], EmbedSpec(device='cpu', cache_dir={str(tmp_path)!r})); print('openvino' in sys.modules)")
-    _onnx_in(tmp_path)
-    env = {k: v for k, v in __import__("os").environ.items() if k != "MTL_BACKEND"}
+            f"encode(['A fine goal.'], EmbedSpec(device='cpu', cache_dir={str(cache_dir)!r})); print('openvino' in sys.modules)")
+    env = {k: v for k, v in os.environ.items() if k != "MTL_BACKEND"}
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert r.returncode == 0 and r.stdout.strip() == "False", r.stderr
 

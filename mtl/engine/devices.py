@@ -10,7 +10,7 @@ Backends (the `--backend` flag; each is a *mode* such as `onnx-fp32`, part of th
             the fastest CPU backend that keeps the labels (TweetEval val: 99.95 % topic / 99.80 % sentiment
             of the fp32 labels, min cosine 0.99997). Without bf16 instructions OpenVINO computes in fp32.
 - `int8`    onnxruntime dynamic int8 (opt-in; `mtl.engine.onnx_encoder`): fast on every CPU, but it keeps
-            only ~97 % of topic and ~95 % of sentiment labels on tweets (docs/int8.md: no int8 recipe
+            only ~98 % of topic and ~95 % of sentiment labels on TweetEval test (docs/int8.md: no int8 recipe
             tried reached 99 % on both at a speed gain).
 - `auto`    CUDA: `fp16` through the pipeline. Anything else: `onnx`, fp32-exact on every CPU.
             `$MTL_BACKEND` overrides what `auto` means (the test suite uses it to force a backend).

@@ -19,9 +19,7 @@ default (`mtl predict -`) never loads it.
 from __future__ import annotations
 
 import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -65,9 +63,8 @@ class OpenVinoEncoder:
 def export_openvino(backbone: Backbone, cache_dir: Path) -> Path:
     """The fp32 ONNX export as OpenVINO IR, converted once: `<cache_dir>/openvino/<identity>/layers.xml` (+ .bin).
 
-    Deterministic (the same ONNX file gives the same bytes) and written atomically: both files go to a
-    temporary folder beside the target and are moved into place with os.replace, the .bin first, so a
-    reader that finds the .xml always finds its complete .bin.
+    Deterministic (the same ONNX file gives the same bytes) and written atomically (`atomic.atomic_path`), the
+    .bin first, so a reader that finds the .xml always finds its complete .bin.
     """
     from mtl.engine.onnx_encoder import export_onnx
 
@@ -96,25 +93,14 @@ def _stable_names(model) -> None:
 
 
 def _save_pair(model, target: Path) -> None:
+    """Save the IR as `target` (.xml) and its .bin through `atomic.atomic_path`, the .bin replaced first."""
     import openvino as ov
 
-    from mtl.errors import MTLError
+    from mtl.atomic import atomic_path
 
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.stem}."))
-    except OSError as exc:
-        raise MTLError(f"cannot write {target}: {exc.strerror or exc}") from exc
-    try:
-        xml = tmp / target.name
-        ov.save_model(model, str(xml), compress_to_fp16=False)  # keep the fp32 weights: bf16 is a run-time hint
-        mask = os.umask(0)
-        os.umask(mask)
-        for part in (xml.with_suffix(".bin"), xml):
-            os.chmod(part, 0o666 & ~mask)
-            with open(part, "rb") as fh:
-                os.fsync(fh.fileno())
-        os.replace(xml.with_suffix(".bin"), target.with_suffix(".bin"))
-        os.replace(xml, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with atomic_path(target, suffix=".xml") as xml, atomic_path(target.with_suffix(".bin"), suffix=".bin") as weights:
+        try:  # OpenVINO names the .bin after the .xml; the inner context (the .bin) is replaced first on exit
+            ov.save_model(model, str(xml), compress_to_fp16=False)  # keep the fp32 weights: bf16 is a run-time hint
+            os.replace(xml.with_suffix(".bin"), weights)
+        finally:
+            xml.with_suffix(".bin").unlink(missing_ok=True)
