@@ -9,7 +9,6 @@ writes stay off the critical path (a bounded queue: the encoder waits only when 
 from __future__ import annotations
 
 import queue
-import sys
 import threading
 from collections import Counter
 from collections.abc import Callable
@@ -23,6 +22,7 @@ from mtl.engine.backbone import DEFAULT_BACKBONE, Backbone, layers_tag, parse_la
 from mtl.engine.cache import EmbeddingCache, text_key
 from mtl.engine.devices import device_for, resolve_backend
 from mtl.engine.tokens import backbone_text
+from mtl.progress import log
 
 # Texts per encoder call: the unit of cache writes and progress. On a GPU one call has one device sync, and
 # 512 tweets are about one batch there; on a CPU 512 keeps the bar moving and a killed run's loss small.
@@ -122,7 +122,7 @@ def encode(texts: list[str], spec: EmbedSpec | None = None, verbose: bool = Fals
         bar.close()
     stats = EncodeStats(encoded=len(todo), cached=len(set(keys)) - len(todo), mode=mode, backbone_identity=backbone.identity, layers=layers_tag(span))
     if verbose:
-        print(f"embeddings: {stats}", file=sys.stderr)
+        log(f"embeddings: {stats}")
     out = np.stack([stored[k] for k in keys]) if keys else np.zeros((0, 0), dtype=np.float32)
     return out.astype(np.float32, copy=False), stats
 

@@ -13,13 +13,13 @@ import at run time, which is what lets `mtl predict` start in under a second.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
 
 from mtl.engine.backbone import Backbone, combine_layers, pool_layers, quiet_transformers
 from mtl.engine.tokens import MAX_ROWS, TOKEN_BUDGET, length_batches, padded, tokenizer
+from mtl.progress import log
 
 
 class OnnxEncoder:
@@ -70,7 +70,7 @@ def _export_fp32(backbone: Backbone, target: Path) -> None:
 
     from mtl.atomic import atomic_path
 
-    print(f"exporting {backbone.name} to ONNX (once) -> {target}", file=sys.stderr)
+    log(f"exporting {backbone.name} to ONNX (once) -> {target}")
     # eager attention: the SDPA path does not survive tracing with a padding mask
     model = AutoModel.from_pretrained(str(backbone.folder), attn_implementation="eager").eval()
 

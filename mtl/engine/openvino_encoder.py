@@ -19,13 +19,13 @@ default (`mtl predict -`) never loads it.
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
 
 from mtl.engine.backbone import Backbone, combine_layers
 from mtl.engine.tokens import MAX_ROWS, TOKEN_BUDGET, length_batches, padded, tokenizer
+from mtl.progress import log
 
 # mode -> OpenVINO CPU precision hint (the IR is the same fp32 file for each)
 PRECISION = {"openvino-bf16": "bf16"}
@@ -74,7 +74,7 @@ def export_openvino(backbone: Backbone, cache_dir: Path) -> Path:
     onnx_path = export_onnx(backbone, cache_dir)
     import openvino as ov
 
-    print(f"converting {onnx_path.name} to OpenVINO IR (once) -> {target}", file=sys.stderr)
+    log(f"converting {onnx_path.name} to OpenVINO IR (once) -> {target}")
     model = ov.Core().read_model(str(onnx_path))
     _stable_names(model)
     _save_pair(model, target)
