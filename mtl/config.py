@@ -8,6 +8,7 @@ what a value must be, in the words the error message uses.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import TYPE_CHECKING
@@ -75,6 +76,12 @@ RULES: dict[str, tuple[Callable[[object], bool], str]] = {
     "sample": POSITIVE_INT,
     "n_boot": POSITIVE_INT,
     "full": ((lambda v: isinstance(v, bool)), "true or false"),
+    "steps": POSITIVE_INT,
+    "examples_per_cell": POSITIVE_INT,
+    "layers": ((lambda v: isinstance(v, str) and re.fullmatch(r"last|\d+-\d+", v) is not None), "last or a layer range A-B"),
+    "compare_lrs": ((lambda v: isinstance(v, list) and all(_num(x) and x > 0 for x in v)), "a list of positive numbers"),
+    # file and folder parameters (notebooks' *_path, *_dir): resolved from the repo root
+    "path": ((lambda v: isinstance(v, str) and v.strip() != ""), "a path (a non-empty string)"),
 }
 
 

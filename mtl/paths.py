@@ -24,6 +24,7 @@ DATA_DIR = ROOT / "data"
 DATA_CSV = DATA_DIR / "sentences.csv"
 TEST_SENTENCES = DATA_DIR / "test_sentences.txt"
 FIGURES_DIR = ROOT / "figures"
+RESULTS_DIR = ROOT / "results"  # the research notebooks' tables from their full runs (results/<notebook>/<table>.csv)
 MODELS_DIR = ROOT / "saved_models"
 CHECKPOINT = MODELS_DIR / "multi_task_model.safetensors"
 METRICS_JSON = MODELS_DIR / "metrics.json"

@@ -15,14 +15,31 @@ from mtl.tasks import DEFAULT_TASKS
 os.environ.setdefault("NUMBA_CACHE_DIR", str(paths.CACHE_DIR / "numba"))
 
 
-def save_figure(fig, path: str | Path) -> Path:
-    """Write a matplotlib figure to PNG atomically and close it."""
+class Saved(type(Path())):
+    """The path of a saved figure; as a notebook cell's value it shows one caption line, not `PosixPath(…)`."""
+
+    def _ipython_display_(self) -> None:
+        print(f"saved {self}")
+
+
+def save_figure(fig, path: str | Path) -> Saved:
+    """Write a matplotlib figure to PNG atomically, show it in the cell's output when in a notebook, and close it.
+
+    Showing it here (rather than leaving it open for the inline backend) puts every figure in the output of the
+    cell that drew it, whatever the cell does after; closing it keeps scripts and long runs from collecting figures.
+    """
     import matplotlib.pyplot as plt
+
+    from mtl.progress import in_kernel
 
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+    if in_kernel():
+        from IPython.display import Image, display
+
+        display(Image(filename=str(path)))  # the file itself: what the notebook shows is what was saved
     plt.close(fig)
-    return Path(path)
+    return Saved(path)
 
 
 def loss_curves(history: list[dict], tasks: list[str], path: str | Path, title: str = ""):
@@ -87,24 +104,30 @@ def project_2d(x: np.ndarray, seed: int = 0) -> tuple[np.ndarray | None, np.ndar
 
 
 def embedding_map(x: np.ndarray, colour_by: dict[str, list[str]], path: str | Path, seed: int = 0):
-    """UMAP and PCA of the frozen embeddings, one row per colouring (e.g. topic, sentiment)."""
+    """UMAP and PCA of the frozen embeddings (fitted on every row), one row of panels per colouring (e.g. topic,
+    sentiment); each row shows the points that carry that label (missing: None, NaN or "") and says how many."""
     import matplotlib.pyplot as plt
+    import pandas as pd
     import seaborn as sns
 
     um, pca, note = project_2d(x, seed)
     fig, axes = plt.subplots(len(colour_by), 2, figsize=(11, 4.5 * len(colour_by)), squeeze=False)
     for row, (name, values) in enumerate(colour_by.items()):
+        values = pd.Series(list(values), dtype=object)
+        has = values.notna().to_numpy() & (values.astype(str) != "").to_numpy()
         for col, (method, xy) in enumerate((("UMAP (cosine)", um), ("PCA", pca))):
             ax = axes[row, col]
             if xy is None:
                 ax.text(0.5, 0.5, note, ha="center", va="center", wrap=True)
                 ax.set_axis_off()
                 continue
-            order = [v for v in DEFAULT_TASKS.get(name, sorted(set(values))) if v in set(values)]
-            sns.scatterplot(x=xy[:, 0], y=xy[:, 1], hue=values, hue_order=order, s=18, ax=ax, palette="deep")
-            ax.set(title=f"{method}, coloured by {name}", xlabel=f"{method.split()[0]} 1", ylabel=f"{method.split()[0]} 2")
+            shown = list(values[has])
+            order = [v for v in DEFAULT_TASKS.get(name, sorted(set(shown))) if v in set(shown)]
+            sns.scatterplot(x=xy[has, 0], y=xy[has, 1], hue=shown, hue_order=order, s=18, ax=ax, palette="deep")
+            ax.set(title=f"{method}, coloured by {name} (n={int(has.sum())} with a {name} label)",
+                   xlabel=f"{method.split()[0]} 1", ylabel=f"{method.split()[0]} 2")
             ax.legend(title=name, fontsize=8)
-    fig.suptitle(f"Frozen all-MiniLM-L6-v2 embeddings (n={len(x)})")
+    fig.suptitle(f"Frozen all-MiniLM-L6-v2 embeddings (n={len(x)}, projected together)")
     fig.tight_layout()
     return save_figure(fig, path), note
 
@@ -202,5 +225,26 @@ def tradeoff(scores, x_set: str, y_set: str, path: str | Path, title: str):
     ax.set(xlabel=f"{x_set} ({scores.set_index('set').loc[x_set, 'metric'].iloc[0].replace('_', '-')})",
            ylabel=f"{y_set} ({scores.set_index('set').loc[y_set, 'metric'].iloc[0].replace('_', '-')})", title=title)
     ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def methods(comparison, path: str | Path):
+    """The comparison table (`research.compare.compare`) at a glance: per task, each method's k-fold CV accuracy on
+    the train split (mean ± sd over folds) and its one held-out score."""
+    import matplotlib.pyplot as plt
+
+    tasks = list(dict.fromkeys(comparison["task"]))
+    names = list(dict.fromkeys(comparison["method"]))
+    fig, axes = plt.subplots(1, len(tasks), figsize=(5.2 * len(tasks), 0.5 * len(names) + 1.6), sharey=True, squeeze=False)
+    pos = np.arange(len(names))[::-1]
+    for ax, task in zip(axes[0], tasks):
+        rows = comparison[comparison["task"] == task].set_index("method").reindex(names)
+        ax.errorbar(rows["cv_accuracy_mean"], pos + 0.12, xerr=rows["cv_accuracy_sd"], fmt="o", capsize=3, label="CV on train (mean ± sd)")
+        ax.plot(rows["test_accuracy"], pos - 0.12, "D", color="tab:red", label="held-out (split=test)")
+        ax.set_yticks(pos, names, fontsize=8)
+        ax.set(title=task, xlabel="accuracy (fraction)", xlim=(0, 1.02))
+        ax.legend(fontsize=7, loc="lower left")
+    fig.suptitle("Baselines vs single- vs multi-task on the same frozen embeddings", fontsize=9)
     fig.tight_layout()
     return save_figure(fig, path)

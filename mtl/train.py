@@ -23,6 +23,7 @@ from mtl import paths
 from mtl.config import TrainConfig
 from mtl.engine.embed import EmbedSpec
 from mtl.errors import MTLError
+from mtl.progress import log
 from mtl.tasks import DEFAULT_TASKS, Tasks
 
 
@@ -162,6 +163,42 @@ def train(
         torch.set_num_threads(threads)
 
 
+def optimiser(groups: list[dict], config: TrainConfig):
+    """The one optimiser for every model that trains here (frozen heads, adapted layers): Adam with the
+    config's learning rate and weight decay (L2); a group may set its own `lr`."""
+    import torch
+
+    return torch.optim.Adam(groups, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def run_epochs(opt, n: int, batch_size: int, epochs: int, seed: int, batch_loss: Callable, modules: list,
+               after_epoch: Callable[[int, float], None] | None = None) -> None:
+    """The one mini-batch loop (frozen heads and adapted backbones): each epoch a permutation of the `n` rows drawn
+    from a generator seeded with `seed`, cut into batches of `batch_size`; `batch_loss(idx)` gives a batch's loss,
+    or None when the batch holds no label of any task (no update). `modules` train in train mode (dropout) and
+    are switched to eval mode before `after_epoch(epoch, mean loss per row)`."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    for epoch in range(1, epochs + 1):
+        for m in modules:
+            m.train()
+        perm = torch.randperm(n, generator=gen)
+        total = 0.0
+        for start in range(0, n, batch_size):
+            idx = perm[start : start + batch_size]
+            loss = batch_loss(idx)
+            opt.zero_grad(set_to_none=True)
+            if loss is not None:
+                loss.backward()
+                opt.step()
+                total += float(loss.detach()) * len(idx)
+        for m in modules:
+            m.eval()
+        if after_epoch is not None:
+            after_epoch(epoch, total / n)
+
+
 def _train(x_train, y_train, tasks, config, x_test, y_test, on_epoch, dev, prior, sources):
     """The training loop itself (see `train`)."""
     import torch
@@ -178,35 +215,26 @@ def _train(x_train, y_train, tasks, config, x_test, y_test, on_epoch, dev, prior
     groups = [{"params": [p for n, p in named if not P.is_scale(n)] + ([loss_fn.log_vars] if loss_fn.log_vars is not None else [])}]
     if scales := [p for n, p in named if P.is_scale(n)]:
         groups.append({"params": scales, "weight_decay": 0.0})
-    opt = torch.optim.Adam(groups, lr=config.lr, weight_decay=config.weight_decay)
+    opt = optimiser(groups, config)
 
     X = torch.tensor(x_train, dtype=torch.float32, device=dev)  # a copy: arrays from worker processes are read-only maps
     Y = {t: torch.tensor(y_train[t], dtype=torch.long, device=dev) for t in tasks}
     Xt = torch.tensor(x_test, dtype=torch.float32, device=dev) if x_test is not None else None
     Yt = {t: torch.as_tensor(y_test[t], dtype=torch.long, device=dev) for t in tasks} if y_test else None
-    gen = torch.Generator().manual_seed(config.seed)
     history = []
-    n = len(X)
     track = Xt is not None or on_epoch is not None
-    for epoch in range(1, config.epochs + 1):
-        heads.train()
-        perm = torch.randperm(n, generator=gen).to(dev)
-        joint_sum = 0.0
-        for start in range(0, n, config.batch_size):
-            idx = perm[start : start + config.batch_size]
-            losses = loss_fn.task_losses(forward(heads, X[idx], tasks), {t: Y[t][idx] for t in tasks}, idx)
-            loss = loss_fn.combine(losses)
-            opt.zero_grad(set_to_none=True)
-            if losses:
-                loss.backward()
-                opt.step()
-            joint_sum += float(loss.detach()) * len(idx)
-        row = {"epoch": epoch, "train_loss": joint_sum / n}
-        heads.eval()
+
+    def batch_loss(idx):
+        idx = idx.to(dev)
+        losses = loss_fn.task_losses(forward(heads, X[idx], tasks), {t: Y[t][idx] for t in tasks}, idx)
+        return loss_fn.combine(losses) if losses else None
+
+    def after_epoch(epoch: int, mean_loss: float) -> None:
+        row = {"epoch": epoch, "train_loss": mean_loss}
+        history.append(row)
+        if not track:  # nobody reads per-epoch scores (CV folds, comparisons): skip a forward pass over every row
+            return
         with torch.no_grad():
-            if not track:  # nobody reads per-epoch scores (CV folds, comparisons): skip a forward pass over every row
-                history.append(row)
-                continue
             for split, xs, ys in (("train", X, Y), ("test", Xt, Yt)):
                 if xs is None or ys is None:
                     continue
@@ -217,9 +245,10 @@ def _train(x_train, y_train, tasks, config, x_test, y_test, on_epoch, dev, prior
                     row[f"{split}_acc_{t}"] = _accuracy(out[t], ys[t])
             if Xt is not None and Yt is not None:
                 row["test_loss"] = float(loss_fn(forward(heads, Xt, tasks), Yt))
-        history.append(row)
         if on_epoch is not None:
             on_epoch(row)
+
+    run_epochs(opt, len(X), config.batch_size, config.epochs, config.seed, batch_loss, [heads], after_epoch)
     if config.prior == "descriptions":
         heads = P.fold(heads, plain)
     return heads.cpu(), history, loss_fn.learned()
@@ -264,7 +293,7 @@ def train_from_csv(
     def report(row: dict) -> None:
         if verbose and log_every and (row["epoch"] % log_every == 0 or row["epoch"] == 1):
             accs = "  ".join(f"{s} {t} {row[f'{s}_acc_{t}']:.3f}" for s in ("train", "test") for t in tasks if f"{s}_acc_{t}" in row)
-            print(f"epoch {row['epoch']:>4}/{config.epochs}  loss {row['train_loss']:.4f}  {accs}", file=sys.stderr)
+            log(f"epoch {row['epoch']:>4}/{config.epochs}  loss {row['train_loss']:.4f}  {accs}")
 
     prior = None
     if config.prior == "descriptions":

@@ -45,25 +45,41 @@ def skip_reason(nb: Path) -> str | None:
     return None
 
 
+def command_line(params: dict, only: list[str] | None, out_dir, publish: bool) -> str:
+    """The `mtl notebooks …` command that runs these notebooks with these parameters (recorded beside results)."""
+    parts = ["mtl notebooks"] + (["--only", *only] if only else []) + (["--full"] if params.get("full") else [])
+    parts += [f"-p {k} {v}" for k, v in params.items() if k != "full"] + (["--publish"] if publish else [])
+    return " ".join(parts + ([f"--out {out_dir}"] if out_dir else []))
+
+
 def run_all(params: dict, only: list[str] | None = None, out_dir: str | Path | None = None, publish: bool = False) -> Path:
     """Execute notebooks in order; each gets only the parameters its `parameters` cell declares.
 
-    Figures and the comparison table go to `<out>/figures` and `<out>/comparison.csv`, so a run
-    leaves tracked files alone; `publish=True` (`make figures`) writes the committed ones instead.
-    The research notebooks run their quick form unless `full=True` is given.
+    Figures and result tables go to `<out>/figures` and `<out>/results`, so a run leaves tracked files alone;
+    `publish=True` writes the committed `figures/` and `results/` instead, and needs the research notebooks'
+    full form (`full=True`): their quick forms are checks, not results. The research notebooks run their quick
+    form unless `full=True` is given.
     """
+    import os
+
     import papermill as pm
 
+    from mtl.nbtools.results import COMMAND_ENV
+
     out = Path(out_dir) if out_dir else paths.RUNS_DIR / time.strftime("%Y%m%d-%H%M%S")
-    out.mkdir(parents=True, exist_ok=True)
     declared_by = {nb: set(pm.inspect_notebook(str(nb))) for nb in notebook_list()}
     unknown = set(params) - set().union(*declared_by.values())
     if unknown:
         raise MTLError(f"unknown notebook parameter(s): {', '.join(sorted(unknown))}")
-    results = {"figures_dir": paths.FIGURES_DIR, "comparison_path": paths.COMPARISON_CSV} if publish else \
-        {"figures_dir": out / "figures", "comparison_path": out / "comparison.csv"}
+    chosen = notebook_list(only)
+    if publish and not params.get("full") and (quick := [nb.name for nb in chosen if "full" in declared_by[nb]]):
+        raise MTLError(f"--publish writes the committed results: {', '.join(quick)} publish from their full run only (add --full)")
+    out.mkdir(parents=True, exist_ok=True)
+    results = {"figures_dir": paths.FIGURES_DIR, "results_dir": paths.RESULTS_DIR} if publish else \
+        {"figures_dir": out / "figures", "results_dir": out / "results"}
     defaults = {k: str(v) for k, v in results.items()}
-    for nb in notebook_list(only):
+    os.environ[COMMAND_ENV] = command_line(params, only, out_dir, publish)  # the kernels inherit it: results record it
+    for nb in chosen:
         if why := skip_reason(nb):
             print(f"skipping {why}", file=sys.stderr)
             continue
@@ -77,7 +93,7 @@ def run_all(params: dict, only: list[str] | None = None, out_dir: str | Path | N
         except pm.PapermillExecutionError as exc:
             raise MTLError(f"{nb.name} failed in cell {exc.exec_count}: {exc.ename}: {exc.evalue}; see {out / nb.name}") from None
         print(f"  done in {time.perf_counter() - start:.1f} s", file=sys.stderr)
-    print(f"executed notebooks in {out}; figures in {results['figures_dir']}", file=sys.stderr)
+    print(f"executed notebooks in {out}; figures in {results['figures_dir']}, tables in {results['results_dir']}", file=sys.stderr)
     return out
 
 
@@ -133,7 +149,19 @@ def attach_checked_outputs(items) -> None:
 
 
 def check_params(**params) -> None:
-    """Validate notebook parameters (papermill passes whatever the user typed); same rules as the CLI."""
-    from mtl.config import check
+    """Validate notebook parameters (papermill passes whatever the user typed); the CLI's rules (`config.RULES`).
 
-    check(prefix="parameter ", **params)
+    Every parameter needs a rule: file and folder parameters (`*_path`, `*_dir`, `test_sentences`) are paths, any
+    other name must be in `config.RULES`, so a parameters cell cannot grow a setting that nobody checks."""
+    from mtl.config import RULES, problem
+
+    def rule(name: str) -> str:
+        if name.endswith(("_path", "_dir")) or name == "test_sentences":
+            return "path"
+        if name not in RULES:
+            raise MTLError(f"parameter {name}: no rule to check it (add one to mtl.config.RULES)")
+        return name
+
+    for name, value in params.items():
+        if (why := problem(rule(name), value)) is not None:
+            raise MTLError(f"parameter {name}: {why}")

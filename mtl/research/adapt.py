@@ -16,7 +16,6 @@ A test checks the result equals the whole backbone's.
 from __future__ import annotations
 
 import copy
-import sys
 import time
 from collections.abc import Callable
 
@@ -27,6 +26,7 @@ from mtl.data import Encoded
 from mtl.engine.backbone import Backbone, parse_layers, pooled_embedding, sentence_transformer, tokenize
 from mtl.engine.devices import resolve_device
 from mtl.engine.tokens import backbone_text, length_batches
+from mtl.progress import log
 from mtl.tasks import Tasks
 
 
@@ -111,7 +111,7 @@ def finetune(texts: list[str], y: dict[str, np.ndarray], tasks: Tasks, recipe: R
     import torch
 
     from mtl.heads import build_heads, forward
-    from mtl.train import JointLoss, seed_everything
+    from mtl.train import JointLoss, optimiser, run_epochs, seed_everything
 
     config = recipe.train
     if (prefix.frozen, prefix.span) != (want := Prefix.shape(prefix.backbone, adapt.unfreeze, recipe.layers)):
@@ -132,34 +132,27 @@ def finetune(texts: list[str], y: dict[str, np.ndarray], tasks: Tasks, recipe: R
     heads = copy.deepcopy(init_heads).to(device) if init_heads is not None else build_heads(tasks, dim).to(device)
     loss_fn = JointLoss(tasks, config, y, sources, device)
     extra = [loss_fn.log_vars] if loss_fn.log_vars is not None else []
-    opt = torch.optim.AdamW([{"params": [p for p in bert.parameters() if p.requires_grad], "lr": adapt.lr_backbone},
-                             {"params": [*heads.parameters(), *extra], "lr": adapt.lr_heads}])
+    # The heads' optimiser and the recipe's weight decay; the adapted layers and the heads each at their own rate.
+    opt = optimiser([{"params": [p for p in bert.parameters() if p.requires_grad], "lr": adapt.lr_backbone},
+                     {"params": [*heads.parameters(), *extra], "lr": adapt.lr_heads}], config)
     Y = {t: torch.as_tensor(v, device=device) for t, v in y.items()}
-    gen = torch.Generator().manual_seed(config.seed)
-    for epoch in range(adapt.epochs):
-        model.train()
-        heads.train()
-        perm = torch.randperm(len(texts), generator=gen)
-        total = 0.0
-        for b in range(0, len(texts), adapt.batch_size):
-            idx = perm[b : b + adapt.batch_size]
-            emb = prefix.embedding(model, [texts[i] for i in idx])
-            losses = loss_fn.task_losses(forward(heads, emb, tasks), {t: Y[t][idx.to(device)] for t in tasks}, idx.to(device))
-            if not losses:
-                continue
-            loss = loss_fn.combine(losses)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            total += float(loss.detach()) * len(idx)
+
+    def batch_loss(idx):
+        emb = prefix.embedding(model, [texts[i] for i in idx])
+        idx = idx.to(device)
+        losses = loss_fn.task_losses(forward(heads, emb, tasks), {t: Y[t][idx] for t in tasks}, idx)
+        return loss_fn.combine(losses) if losses else None
+
+    def after_epoch(epoch: int, mean_loss: float) -> None:
+        nonlocal start
         if verbose:
-            print(f"adapt epoch {epoch + 1}/{adapt.epochs}: loss {total / len(texts):.4f} ({time.perf_counter() - start:.0f} s)", file=sys.stderr)
-        model.eval()
-        heads.eval()
+            log(f"adapt epoch {epoch}/{adapt.epochs}: loss {mean_loss:.4f} ({time.perf_counter() - start:.0f} s)")
         if on_epoch is not None:
             paused = time.perf_counter()
-            on_epoch(epoch + 1, model, heads)
+            on_epoch(epoch, model, heads)
             start += time.perf_counter() - paused
+
+    run_epochs(opt, len(texts), adapt.batch_size, adapt.epochs, config.seed, batch_loss, [model, heads], after_epoch)
     return model, heads, time.perf_counter() - start
 
 
