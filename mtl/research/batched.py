@@ -1,0 +1,355 @@
+"""Many small models trained as one batched torch program: stacked parameters, one loss, one backward, one Adam.
+
+Issue 26 needs thousands of small fits (draws x k x lambda x seeds x arms). One at a time, `mtl.train.train`
+spends most of its time in Python per step; here every model of a batch takes its step in the same few
+batched matmuls (`torch.baddbmm` over parameters stacked along a leading model axis).
+
+What one model of the batch is (a `Member`), and how it trains:
+
+* Architecture: what `mtl.heads.build_heads(tasks, dim, hidden=0, dropout, trunk_hidden)` builds: a linear head
+  per task, or (with `config.share == "trunk"`) a shared trunk Linear(dim -> H)-ReLU-Dropout read by a linear head
+  per task. A model's result is a numpy state dict with exactly `state_to_numpy(build_heads(...))`'s keys and
+  shapes, so `mtl.heads.predict_proba` scores it; `predict` here scores many at once.
+* Rows and weights: `Member.rows[t]` are the rows of the shared `x` that the model trains task t on (all labelled
+  for t), `Member.weights[t]` that task's loss weight (default 1; 0 allowed). A task is *active* for a model when it
+  has rows and a weight > 0; an inactive task draws nothing and adds nothing, and its head keeps its starting
+  weights (as a head without labels does in `mtl.train.train`). So weight 0 is exactly "the task is absent".
+* Task-balanced batches: at every step, every active task of a model draws a batch of b = min(batch_size, its n
+  rows) of its rows: consecutive slices of concatenated random permutations of the rows (an epoch-wise shuffle;
+  a batch may straddle two epochs). The permutations come from a `torch.Generator` seeded from
+  (member seed, the task's position in `tasks`, 0), the trunk's dropout masks of that task's rows from one seeded
+  from (seed, position, 1) (`stream_seed`). So a task's batches and masks depend on the seed, the task's position,
+  its rows, batch size and steps, never on the model's other tasks or on the other models of the batch.
+* Loss of a model: sum over active tasks of weight[t] * sum(w * ce) / sum(w) over t's batch, where w are the
+  rows' weights `mtl.train.row_weights` gives the model's own rows of t (class balance with `config.balance`,
+  source mix with `sources`), normalised per batch as `JointLoss` does. The batch's loss is the sum over models:
+  model i's parameters get exactly model i's gradient, and Adam is elementwise, so models stay independent.
+* Optimiser: `torch.optim.Adam(lr, weight_decay)` (L2 in the gradient, as `mtl.train`), fresh for every call.
+* Initialisation: model i starts where `torch.manual_seed(seed_i); build_heads(...)` starts (and so where
+  `mtl.train.train` starts with `TrainConfig(seed=seed_i)`): `nn.Linear`'s default init (weight
+  `kaiming_uniform_(a=sqrt(5))`, bias U(+-1/sqrt(fan_in))) drawn from `torch.Generator().manual_seed(seed_i)`,
+  trunk first, then each task's head in `tasks` order, weight before bias (`init_state`). `init=` starts from given
+  state dicts instead (a sequential arm: stage 2 starts from stage 1's weights, with a fresh Adam).
+
+Equal batch sizes stack: models are grouped by their tasks' batch sizes (a k = 4 draw has b = 12 where a full one
+has 32), each group keeps its own parameter tensors (no slicing in the autograd graph) and all groups share one
+loss, one backward and one Adam. Tests (`tests/test_batched.py`) show a model trained in a batch equals the same
+model trained alone and a plain per-model `nn.Module` loop on the same streams.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from mtl.config import TrainConfig
+from mtl.heads import TRUNK
+from mtl.tasks import Tasks
+
+CHUNK = 16  # dropout masks are drawn this many steps at a time per (model, task): a constant, so never batch-dependent
+INDEX, DROPOUT = 0, 1  # the last part of a stream's seed: which of a (model, task)'s two generators
+
+
+@dataclass(frozen=True, eq=False)
+class Member:
+    """One model of a batch: its training rows per task (indices into the shared `x`, labelled for that task),
+    a loss weight per task (missing: 1; 0: the task is absent) and its seed (init, batches, dropout)."""
+
+    rows: Mapping[str, np.ndarray]
+    weights: Mapping[str, float] = field(default_factory=dict)
+    seed: int = 0
+
+    def weight(self, task: str) -> float:
+        return float(self.weights.get(task, 1.0))
+
+    def n_rows(self, task: str) -> int:
+        return len(self.rows.get(task, ()))
+
+    def active(self, task: str) -> bool:
+        return self.n_rows(task) > 0 and self.weight(task) > 0
+
+
+def stream_seed(seed: int, position: int, kind: int) -> int:
+    """Seed of the generator of (model seed, task position in `tasks`, INDEX or DROPOUT): a hash (numpy's
+    SeedSequence), so neighbouring seeds and positions give unrelated streams."""
+    hi, lo = np.random.SeedSequence([seed, position, kind]).generate_state(2, np.uint32)
+    return (int(hi) << 32 | int(lo)) & (2**63 - 1)
+
+
+def index_stream(seed: int, position: int, n_rows: int, batch: int, steps: int):
+    """Positions (0..n_rows-1 into a task's rows) of the `steps` batches of `batch` rows, int32 [steps, batch]:
+    consecutive slices of concatenated random permutations (each permutation: argsort of float64 uniform keys,
+    stable, so a tie could not make it machine-dependent); all permutations come from one generator call."""
+    import torch
+
+    gen = torch.Generator().manual_seed(stream_seed(seed, position, INDEX))
+    epochs = math.ceil(steps * batch / n_rows)
+    keys = torch.rand(epochs, n_rows, generator=gen, dtype=torch.float64)
+    order = keys.argsort(dim=1, stable=True).reshape(-1)[: steps * batch]
+    return order.to(torch.int32).view(steps, batch)
+
+
+def dropout_generator(seed: int, position: int):
+    """The generator of a (model, task)'s trunk dropout masks: `CHUNK` steps per call of `dropout_masks`."""
+    import torch
+
+    return torch.Generator().manual_seed(stream_seed(seed, position, DROPOUT))
+
+
+def dropout_masks(gen, steps: int, batch: int, width: int, p: float):
+    """Kept units (bool [steps, batch, width]) for the next `steps` (<= CHUNK) steps: uniform >= p, so a unit is
+    kept with probability 1 - p; kept units are scaled by 1 / (1 - p), as `nn.Dropout` does."""
+    import torch
+
+    return torch.rand(steps, batch, width, generator=gen) >= p
+
+
+def init_state(tasks: Tasks, dim: int, trunk: int, seed: int) -> dict:
+    """Starting weights of one model (torch tensors, `build_heads`' keys): `nn.Linear`'s default init from a
+    generator seeded with `seed`, in `build_heads`' construction order, i.e. what `torch.manual_seed(seed);
+    build_heads(tasks, dim, 0, dropout, trunk)` gives."""
+    import torch
+    from torch import nn
+
+    gen = torch.Generator().manual_seed(seed)
+    layers = ([(TRUNK, dim, trunk)] if trunk else []) + [(t, trunk or dim, len(labels)) for t, labels in tasks.items()]
+    state = {}
+    for name, fan_in, out in layers:
+        w, b = torch.empty(out, fan_in), torch.empty(out)
+        nn.init.kaiming_uniform_(w, a=math.sqrt(5), generator=gen)  # nn.Linear.reset_parameters, with our generator
+        bound = 1 / math.sqrt(fan_in)
+        nn.init.uniform_(b, -bound, bound, generator=gen)
+        state[f"{name}.0.weight"], state[f"{name}.0.bias"] = w, b
+    return state
+
+
+def param_names(tasks: Tasks, trunk: int) -> list[str]:
+    return [f"{n}.0.{k}" for n in ([TRUNK] if trunk else []) + list(tasks) for k in ("weight", "bias")]
+
+
+def _check(x, y, tasks: Tasks, members: Sequence[Member], config: TrainConfig, steps: int, init) -> None:
+    if config.hidden or config.weighting != "static" or config.prior != "none" or config.task_weights:
+        raise ValueError("batched training: linear heads or a trunk only (hidden 0), static weights from Member.weights "
+                         f"(config.task_weights empty), no prior; got hidden {config.hidden}, weighting {config.weighting!r}, "
+                         f"prior {config.prior!r}, task_weights {config.task_weights}")
+    if not members or steps < 1:
+        raise ValueError(f"batched training: need members and steps >= 1, got {len(members)} members, {steps} steps")
+    if init is not None and len(init) != len(members):
+        raise ValueError(f"init: {len(init)} states for {len(members)} members")
+    for i, m in enumerate(members):
+        if unknown := (set(m.rows) | set(m.weights)) - set(tasks):
+            raise ValueError(f"member {i}: unknown tasks {sorted(unknown)}")
+        if any(m.weight(t) < 0 or not math.isfinite(m.weight(t)) for t in m.weights):
+            raise ValueError(f"member {i}: weights must be finite and >= 0, got {dict(m.weights)}")
+        if not any(m.active(t) for t in tasks):
+            raise ValueError(f"member {i}: no task with rows and a weight > 0")
+        for t, r in m.rows.items():
+            r = np.asarray(r)
+            if len(r) and (r.min() < 0 or r.max() >= len(x) or (np.asarray(y[t])[r] < 0).any()):
+                raise ValueError(f"member {i}, task {t}: rows must index x and be labelled for {t}")
+
+
+class _Group:
+    """Models whose active tasks and batch sizes agree: their parameters stack into one tensor per key."""
+
+    def __init__(self, index, members, tasks, x_dim, y, config, steps, sources, starts, device):
+        import torch
+
+        from mtl.train import row_weights
+
+        self.index = index  # positions of these models in the caller's list
+        self.trunk = config.trunk_width
+        self.p = config.dropout if self.trunk else 0.0
+        self.lam, self.tables, self.gens = {}, {}, []
+        self.batch = {t: min(config.batch_size, members[0].n_rows(t)) for t in tasks if members[0].active(t)}
+        for j, t in enumerate(tasks):
+            if t not in self.batch:
+                continue
+            n_max = max(m.n_rows(t) for m in members)
+            rows = torch.zeros(len(members), n_max, dtype=torch.long)
+            weights = torch.zeros(len(members), n_max)
+            for i, m in enumerate(members):
+                r = np.asarray(m.rows[t], dtype=np.int64)
+                rows[i, : len(r)] = torch.from_numpy(r)
+                src = None if sources is None else np.asarray(sources)[r]
+                weights[i, : len(r)] = torch.from_numpy(row_weights(np.asarray(y[t])[r], src, config.mix, config.balance).astype(np.float32))
+            # the whole index stream up front: [models, steps, b] positions into each model's rows of t
+            stream = torch.stack([index_stream(m.seed, j, m.n_rows(t), self.batch[t], steps) for m in members])
+            self.tables[t] = (stream.to(device), rows.to(device), weights.to(device), torch.as_tensor(np.asarray(y[t]), dtype=torch.long, device=device))
+            self.lam[t] = torch.tensor([m.weight(t) for m in members], device=device)
+        if self.trunk and self.p > 0:  # one dropout generator per (model, active task), in the tasks' order
+            self.gens = [[dropout_generator(m.seed, j) for j, t in enumerate(tasks) if t in self.batch] for m in members]
+        # the group's own leaf tensors: [models, out, in] weights and [models, out] biases, in build_heads' layout
+        self.params = {k: torch.stack([s[k] for s in starts]).to(device).requires_grad_(True) for k in param_names(tasks, self.trunk)}
+        self.masks = None
+
+    def draw_masks(self, step: int, steps: int):
+        """The next CHUNK steps' dropout scales of every (model, active task), stacked as [models, chunk, rows, H]."""
+        import torch
+
+        if not self.gens:
+            return
+        c = min(CHUNK, steps - step)
+        per_model = [torch.cat([dropout_masks(g, c, self.batch[t], self.trunk, self.p) for g, t in zip(gens, self.batch)], dim=1)
+                     for gens in self.gens]
+        self.masks = torch.stack(per_model).to(self.params[f"{TRUNK}.0.weight"].device)
+
+    def loss(self, X, step: int):
+        """Sum over the group's models of their weighted task losses at `step`."""
+        import torch
+        import torch.nn.functional as F
+
+        P = self.params
+        picked = {}
+        for t, (stream, rows, weights, labels) in self.tables.items():
+            pos = stream[:, step].long()  # [models, b]
+            r = rows.gather(1, pos)
+            picked[t] = (r, weights.gather(1, pos), labels[r])
+        # every task's rows of a model side by side: the trunk runs once per model and step
+        r_all = torch.cat([r for r, _, _ in picked.values()], dim=1)  # [models, R]
+        h = X.index_select(0, r_all.reshape(-1)).view(*r_all.shape, X.shape[1])  # [models, R, dim]
+        if self.trunk:
+            W, b = P[f"{TRUNK}.0.weight"], P[f"{TRUNK}.0.bias"]
+            h = torch.relu(torch.baddbmm(b.unsqueeze(1), h, W.transpose(1, 2)))  # [models, R, H]
+            if self.p > 0:
+                h = h * (self.masks[:, step % CHUNK].to(h.dtype) * (1.0 / (1.0 - self.p)))
+        total, off = 0.0, 0
+        for t, (_, w, y) in picked.items():
+            n = w.shape[1]
+            W, b = P[f"{t}.0.weight"], P[f"{t}.0.bias"]
+            logits = torch.baddbmm(b.unsqueeze(1), h[:, off : off + n], W.transpose(1, 2))  # [models, b, classes]
+            ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="none").view_as(w)
+            total = total + (self.lam[t] * ((ce * w).sum(1) / w.sum(1))).sum()  # JointLoss's per-batch normalisation
+            off += n
+        return total
+
+
+def train_many(
+    x: np.ndarray,
+    y: Mapping[str, np.ndarray],
+    tasks: Tasks,
+    members: Sequence[Member],
+    config: TrainConfig,
+    steps: int,
+    init: Sequence[Mapping[str, np.ndarray]] | None = None,
+    sources: np.ndarray | None = None,
+    device: str = "cpu",
+    threads: int | None = None,
+    progress: str | None = None,
+) -> list[dict[str, np.ndarray]]:
+    """Train every member for `steps` Adam updates as one batched program; one numpy state dict per member, in order.
+
+    `x` (n x dim, float32) and `y` (task -> label ids, -1 = none) are shared; `config` gives lr, weight_decay,
+    dropout, share/trunk_hidden, batch_size, balance and mix (its epochs and seed are not used: `steps` and the
+    members' seeds are). `init`: a state dict per member to start from (default: `init_state` of its seed).
+    `sources`: each row's source, for `config.mix` (None: one source). `threads`: torch threads while training
+    (None: as set). `progress`: a bar with this label. The states are views of one stacked array per key
+    (`stack` gives it back without copying much).
+    """
+    import torch
+
+    _check(x, y, tasks, members, config, steps, init)
+    trunk = config.trunk_width
+    threads_before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        starts = [{k: torch.as_tensor(np.asarray(v), dtype=torch.float32) for k, v in s.items()} for s in init] if init is not None else \
+            [init_state(tasks, x.shape[1], trunk, m.seed) for m in members]
+        for s in starts:
+            if sorted(s) != sorted(param_names(tasks, trunk)):
+                raise ValueError(f"init: keys {sorted(s)}, expected {sorted(param_names(tasks, trunk))}")
+        # group models with the same active tasks and batch sizes (sorted, so the groups do not depend on input order)
+        keys = [tuple(min(config.batch_size, m.n_rows(t)) if m.active(t) else 0 for t in tasks) for m in members]
+        groups = []
+        for key in sorted(set(keys)):
+            index = [i for i, k in enumerate(keys) if k == key]
+            groups.append(_Group(index, [members[i] for i in index], tasks, x.shape[1], y, config, steps, sources,
+                                 [starts[i] for i in index], device))
+        X = torch.as_tensor(np.asarray(x, dtype=np.float32), device=device)
+        params = [p for g in groups for p in g.params.values()]
+        fused = {"fused": True} if torch.device(device).type in ("cpu", "cuda") else {}
+        opt = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay, **fused)  # one pass per tensor
+        bar = None
+        if progress:
+            from mtl.progress import bar as make_bar
+
+            bar = make_bar(steps, progress, unit="step")
+        for step in range(steps):
+            if step % CHUNK == 0:
+                for g in groups:
+                    g.draw_masks(step, steps)
+            loss = sum(g.loss(X, step) for g in groups)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if bar is not None:
+                bar.update(1)
+        if bar is not None:
+            bar.close()
+        # back to the caller's order; an inactive task's head keeps its starting weights (Adam's weight decay moved it)
+        stacked = {k: np.empty((len(members), *starts[0][k].shape), dtype=np.float32) for k in param_names(tasks, trunk)}
+        for g in groups:
+            for k, p in g.params.items():
+                stacked[k][g.index] = p.detach().cpu().numpy()
+        for i, m in enumerate(members):
+            for t in tasks:
+                if not m.active(t):
+                    for k in (f"{t}.0.weight", f"{t}.0.bias"):
+                        stacked[k][i] = starts[i][k].numpy()
+        return unstack(stacked)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def stack(states: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Per-model state dicts -> one array per key with a leading model axis."""
+    return {k: np.stack([s[k] for s in states]) for k in states[0]}
+
+
+def unstack(stacked: Mapping[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
+    """One array per key with a leading model axis -> per-model state dicts (views, no copies)."""
+    n = len(next(iter(stacked.values())))
+    return [{k: v[i] for k, v in stacked.items()} for i in range(n)]
+
+
+def task_names(state: Mapping[str, np.ndarray]) -> list[str]:
+    """The tasks a (stacked or single) state has heads for, in key order."""
+    return list(dict.fromkeys(k.split(".")[0] for k in state if k.split(".")[0] != TRUNK))
+
+
+def _shared_input_layer(X, W, b):
+    """Linear layers of many models on the same rows: [n, dim] @ [dim, models*out] as one matmul -> [models, n, out]."""
+    return (X @ W.reshape(-1, W.shape[-1]).T).view(len(X), W.shape[0], W.shape[1]).transpose(0, 1) + b.unsqueeze(1)
+
+
+def predict(models, x: np.ndarray, tasks: Sequence[str] | None = None, max_floats: int = 2**25) -> dict[str, np.ndarray]:
+    """Class probabilities of many models on the same rows: task -> float32 [models, rows, classes].
+
+    `models`: a list of state dicts or a stacked dict (`stack`); `tasks` default to every head. The trunks of
+    a chunk of models run as one matmul (x @ [dim, models*H]), the heads as one bmm; chunks keep the hidden
+    activations under `max_floats` floats. Scores as `mtl.heads.predict_proba` does, model by model.
+    """
+    import torch
+
+    stacked = models if isinstance(models, Mapping) else stack(models)
+    tasks = list(tasks) if tasks is not None else task_names(stacked)
+    P = {k: torch.as_tensor(np.asarray(v, dtype=np.float32)) for k, v in stacked.items()}
+    X = torch.as_tensor(np.asarray(x, dtype=np.float32))
+    B, n = len(next(iter(P.values()))), len(X)
+    trunk = f"{TRUNK}.0.weight" in P
+    width = P[f"{TRUNK}.0.weight"].shape[1] if trunk else max(P[f"{t}.0.weight"].shape[1] for t in tasks)
+    per = max(1, max_floats // max(1, n * width))  # models per chunk
+    out = {t: np.empty((B, n, P[f"{t}.0.weight"].shape[1]), dtype=np.float32) for t in tasks}
+    with torch.no_grad():
+        for lo in range(0, B, per):
+            hi = min(B, lo + per)
+            h = torch.relu(_shared_input_layer(X, P[f"{TRUNK}.0.weight"][lo:hi], P[f"{TRUNK}.0.bias"][lo:hi])) if trunk else None
+            for t in tasks:
+                W, b = P[f"{t}.0.weight"][lo:hi], P[f"{t}.0.bias"][lo:hi]
+                z = _shared_input_layer(X, W, b) if h is None else torch.baddbmm(b.unsqueeze(1), h, W.transpose(1, 2))
+                out[t][lo:hi] = torch.softmax(z, dim=-1).numpy()
+    return out
