@@ -49,11 +49,12 @@ POSITIVE_INT = (lambda v: _int(v) and v > 0), "a positive integer"
 NONNEG_INT = (lambda v: _int(v) and v >= 0), "an integer >= 0"
 POSITIVE_NUMBER = (lambda v: _num(v) and v > 0), "a positive number"
 
+FOLDS = 5  # k of the k-fold CVs (`mtl train --tune`, `mtl compare`), unless --tune-folds / --folds say
+
 RULES: dict[str, tuple[Callable[[object], bool], str]] = {
     **{name: ((lambda v, names=names: v in names), f"one of {', '.join(names)}") for name, names in CHOICES.items()},
     "epochs": POSITIVE_INT,
     "batch_size": POSITIVE_INT,
-    "cv_epochs": POSITIVE_INT,
     "lr": POSITIVE_NUMBER,
     "task_weight": POSITIVE_NUMBER,
     "seed": NONNEG_INT,
@@ -183,9 +184,6 @@ class Recipe:
         """`base` with this recipe's layers: how its training texts must be embedded."""
         return replace(base, layers=self.layers)
 
-    def with_train(self, **changes) -> Recipe:
-        return Recipe(self.layers, replace(self.train, **changes))
-
     def describe(self) -> str:
         t = self.train
         head = f"hidden {t.hidden}" if t.hidden else ("trunk " + str(t.trunk_hidden) if t.share == "trunk" else "linear")
@@ -193,6 +191,11 @@ class Recipe:
 
     def as_dict(self) -> dict:
         return {"layers": self.layers, "config": self.train.as_dict()}
+
+    @classmethod
+    def from_dict(cls, d: dict, **overrides) -> Recipe:
+        """The recipe `as_dict` wrote (e.g. one a notebook published), its TrainConfig with `overrides`."""
+        return cls(d["layers"], TrainConfig.from_meta(d["config"], **overrides))
 
 
 @dataclass(frozen=True)

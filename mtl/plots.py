@@ -37,7 +37,8 @@ def save_figure(fig, path: str | Path) -> Saved:
     if in_kernel():
         from IPython.display import Image, display
 
-        display(Image(filename=str(path)))  # the file itself: what the notebook shows is what was saved
+        # the file itself, so what the notebook shows is what was saved; the metadata names it for the tests
+        display(Image(filename=str(path)), metadata={"mtl": {"figure": Path(path).name}})
     plt.close(fig)
     return Saved(path)
 
@@ -162,7 +163,7 @@ def lr_comparison(results: dict[float, list[dict]], tasks: list[str], path: str 
 def forest(diffs, path: str | Path, title: str, label: str = "A - B"):
     """Paired differences with their 95 % CIs, one row per (pair, set): the answer to "does A beat B?" at a glance.
 
-    `diffs` has columns `A`, `B`, `set`, `A_minus_B`, `ci_lo`, `ci_hi` (`research.stats.paired_table`)."""
+    `diffs` has columns `A`, `B`, `set`, `A_minus_B`, `ci_lo`, `ci_hi`, `p_adj` (`research.stats.paired_table`)."""
     import matplotlib.pyplot as plt
 
     pairs = list(dict.fromkeys(zip(diffs["A"], diffs["B"])))
@@ -171,7 +172,7 @@ def forest(diffs, path: str | Path, title: str, label: str = "A - B"):
     for ax, (a, b) in zip(axes[0], pairs):
         rows = diffs[(diffs["A"] == a) & (diffs["B"] == b)].set_index("set").reindex(sets)
         pos = np.arange(len(sets))[::-1]
-        clear = (rows["ci_lo"] > 0) | (rows["ci_hi"] < 0)
+        clear = rows["p_adj"] < 0.05  # what survives Holm's correction across the whole table
         for y, (_, r), c in zip(pos, rows.iterrows(), clear):
             ax.errorbar(r["A_minus_B"], y, xerr=[[r["A_minus_B"] - r["ci_lo"]], [r["ci_hi"] - r["A_minus_B"]]], fmt="o",
                         color="tab:red" if c else "tab:gray", capsize=3)
@@ -179,7 +180,7 @@ def forest(diffs, path: str | Path, title: str, label: str = "A - B"):
         ax.set_yticks(pos, sets, fontsize=8)
         ax.set_title(f"{a}\nminus {b}", fontsize=8)
         ax.set_xlabel(label, fontsize=8)
-    fig.suptitle(title + " (95 % paired bootstrap CI; red: excludes 0)", fontsize=9)
+    fig.suptitle(title + " (95 % paired bootstrap CI; red: Holm-adjusted p < 0.05)", fontsize=9)
     fig.tight_layout()
     return save_figure(fig, path)
 
