@@ -153,24 +153,32 @@ def _check(x, y, tasks: Tasks, members: Sequence[Member], config: TrainConfig, s
 
 
 class _Group:
-    """Models whose active tasks and batch sizes agree: their parameters stack into one tensor per key."""
+    """Models whose active tasks and batch sizes agree, trained side by side.
 
-    def __init__(self, index, members, tasks, x_dim, y, config, steps, sources, starts, device):
+    Parameters are stacked along a leading model axis and stored as [models, in, out] (the transpose of
+    `build_heads`' [out, in]): the batched matmuls then read and write them without transposing copies. The
+    gradient is written by hand into buffers allocated once (no autograd graph, no per-step allocation of
+    trunk-sized tensors, which on a CPU cost as much as the matmuls); tests check it against autograd.
+    """
+
+    def __init__(self, index, members, tasks, y, config, steps, sources, starts, dim, device):
         import torch
 
         from mtl.train import row_weights
 
         self.index = index  # positions of these models in the caller's list
+        G = len(members)
         self.trunk = config.trunk_width
         self.p = config.dropout if self.trunk else 0.0
-        self.lam, self.tables, self.gens = {}, {}, []
+        # the active tasks (the same for every model of the group) and their batch sizes, in `tasks` order
         self.batch = {t: min(config.batch_size, members[0].n_rows(t)) for t in tasks if members[0].active(t)}
+        self.tables, self.lam = {}, {}
         for j, t in enumerate(tasks):
             if t not in self.batch:
                 continue
             n_max = max(m.n_rows(t) for m in members)
-            rows = torch.zeros(len(members), n_max, dtype=torch.long)
-            weights = torch.zeros(len(members), n_max)
+            rows = torch.zeros(G, n_max, dtype=torch.long)
+            weights = torch.zeros(G, n_max)
             for i, m in enumerate(members):
                 r = np.asarray(m.rows[t], dtype=np.int64)
                 rows[i, : len(r)] = torch.from_numpy(r)
@@ -178,16 +186,29 @@ class _Group:
                 weights[i, : len(r)] = torch.from_numpy(row_weights(np.asarray(y[t])[r], src, config.mix, config.balance).astype(np.float32))
             # the whole index stream up front: [models, steps, b] positions into each model's rows of t
             stream = torch.stack([index_stream(m.seed, j, m.n_rows(t), self.batch[t], steps) for m in members])
-            self.tables[t] = (stream.to(device), rows.to(device), weights.to(device), torch.as_tensor(np.asarray(y[t]), dtype=torch.long, device=device))
+            labels = torch.as_tensor(np.asarray(y[t]), dtype=torch.long)
+            self.tables[t] = tuple(v.to(device) for v in (stream, rows, weights, labels))
             self.lam[t] = torch.tensor([m.weight(t) for m in members], device=device)
+        self.gens = []
         if self.trunk and self.p > 0:  # one dropout generator per (model, active task), in the tasks' order
             self.gens = [[dropout_generator(m.seed, j) for j, t in enumerate(tasks) if t in self.batch] for m in members]
-        # the group's own leaf tensors: [models, out, in] weights and [models, out] biases, in build_heads' layout
-        self.params = {k: torch.stack([s[k] for s in starts]).to(device).requires_grad_(True) for k in param_names(tasks, self.trunk)}
         self.masks = None
+        # parameters: the trunk (if any) and the active tasks' heads; an inactive head is not trained at all
+        names = ([TRUNK] if self.trunk else []) + list(self.batch)
+        self.params = {}
+        for name in names:
+            w, b = f"{name}.0.weight", f"{name}.0.bias"
+            self.params[w] = torch.stack([s[w].T for s in starts]).contiguous().to(device)  # [models, in, out]
+            self.params[b] = torch.stack([s[b] for s in starts]).to(device)  # [models, out]
+        for v in self.params.values():
+            v.grad = torch.zeros_like(v)  # Adam reads .grad; `step` overwrites it in place every step
+        R, width = sum(self.batch.values()), self.trunk
+        self.x = torch.empty(G, R, dim, device=device)  # the step's input rows
+        if self.trunk:  # the trunk's pre-activation, its output after ReLU and dropout, and d loss / d output
+            self.z, self.h, self.dh = (torch.empty(G, R, width, device=device) for _ in range(3))
 
     def draw_masks(self, step: int, steps: int):
-        """The next CHUNK steps' dropout scales of every (model, active task), stacked as [models, chunk, rows, H]."""
+        """The next CHUNK steps' kept units of every (model, active task), stacked as [models, chunk, rows, H]."""
         import torch
 
         if not self.gens:
@@ -195,36 +216,61 @@ class _Group:
         c = min(CHUNK, steps - step)
         per_model = [torch.cat([dropout_masks(g, c, self.batch[t], self.trunk, self.p) for g, t in zip(gens, self.batch)], dim=1)
                      for gens in self.gens]
-        self.masks = torch.stack(per_model).to(self.params[f"{TRUNK}.0.weight"].device)
+        self.masks = torch.stack(per_model).to(self.x.device)
 
-    def loss(self, X, step: int):
-        """Sum over the group's models of their weighted task losses at `step`."""
+    def step(self, X, step: int) -> None:
+        """Forward and backward of every model at `step`: the gradient of sum over models of their losses.
+
+        Model m's loss is sum over active t of lam[m, t] * sum_i w_i ce_i / sum_i w_i over its batch of t, so
+        d loss / d logits_i = lam * w_i / sum(w) * (softmax_i - onehot(y_i)); the rest is the chain rule through
+        the linear layers (x @ W + b), dropout (x kept / (1 - p)) and ReLU.
+        """
         import torch
-        import torch.nn.functional as F
 
         P = self.params
         picked = {}
         for t, (stream, rows, weights, labels) in self.tables.items():
-            pos = stream[:, step].long()  # [models, b]
+            pos = stream[:, step].long()  # [models, b] positions into each model's rows
             r = rows.gather(1, pos)
             picked[t] = (r, weights.gather(1, pos), labels[r])
-        # every task's rows of a model side by side: the trunk runs once per model and step
-        r_all = torch.cat([r for r, _, _ in picked.values()], dim=1)  # [models, R]
-        h = X.index_select(0, r_all.reshape(-1)).view(*r_all.shape, X.shape[1])  # [models, R, dim]
+        # every task's rows of a model side by side, so the trunk runs once per model and step
+        r_all = torch.cat([r for r, _, _ in picked.values()], dim=1)
+        torch.index_select(X, 0, r_all.reshape(-1), out=self.x.view(-1, X.shape[1]))
         if self.trunk:
             W, b = P[f"{TRUNK}.0.weight"], P[f"{TRUNK}.0.bias"]
-            h = torch.relu(torch.baddbmm(b.unsqueeze(1), h, W.transpose(1, 2)))  # [models, R, H]
-            if self.p > 0:
-                h = h * (self.masks[:, step % CHUNK].to(h.dtype) * (1.0 / (1.0 - self.p)))
-        total, off = 0.0, 0
+            torch.baddbmm(b.unsqueeze(1), self.x, W, out=self.z)  # [models, R, H]
+            torch.clamp_min(self.z, 0.0, out=self.h)  # ReLU
+            if self.p > 0:  # dropout: kept units scaled by 1 / (1 - p), as nn.Dropout
+                self.h.mul_(self.masks[:, step % CHUNK]).mul_(1.0 / (1.0 - self.p))
+            h = self.h
+        else:
+            h = self.x
+        off = 0
         for t, (_, w, y) in picked.items():
             n = w.shape[1]
             W, b = P[f"{t}.0.weight"], P[f"{t}.0.bias"]
-            logits = torch.baddbmm(b.unsqueeze(1), h[:, off : off + n], W.transpose(1, 2))  # [models, b, classes]
-            ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="none").view_as(w)
-            total = total + (self.lam[t] * ((ce * w).sum(1) / w.sum(1))).sum()  # JointLoss's per-batch normalisation
+            h_t = h[:, off : off + n]
+            d = torch.softmax(torch.baddbmm(b.unsqueeze(1), h_t, W), dim=-1)  # [models, b, classes]
+            d.scatter_add_(2, y.unsqueeze(2), torch.full_like(y, -1, dtype=d.dtype).unsqueeze(2))  # softmax - onehot
+            d.mul_((self.lam[t].unsqueeze(1) * w / w.sum(1, keepdim=True)).unsqueeze(2))  # JointLoss's normalisation, times lam
+            torch.bmm(h_t.transpose(1, 2), d, out=W.grad)
+            torch.sum(d, 1, out=b.grad)
+            if self.trunk:
+                torch.bmm(d, W.transpose(1, 2), out=self.dh[:, off : off + n])
             off += n
-        return total
+        if self.trunk:
+            W, b = P[f"{TRUNK}.0.weight"], P[f"{TRUNK}.0.bias"]
+            dz = self.dh
+            if self.p > 0:
+                dz.mul_(self.masks[:, step % CHUNK]).mul_(1.0 / (1.0 - self.p))
+            dz.masked_fill_(self.z <= 0, 0.0)  # ReLU
+            torch.bmm(self.x.transpose(1, 2), dz, out=W.grad)
+            torch.sum(dz, 1, out=b.grad)
+
+    def result(self, key: str) -> np.ndarray:
+        """A parameter in `build_heads`' layout ([models, out, in] weights), as numpy."""
+        v = self.params[key].detach().cpu()
+        return (v.transpose(1, 2) if v.dim() == 3 else v).numpy()
 
 
 def train_many(
@@ -267,39 +313,32 @@ def train_many(
         groups = []
         for key in sorted(set(keys)):
             index = [i for i, k in enumerate(keys) if k == key]
-            groups.append(_Group(index, [members[i] for i in index], tasks, x.shape[1], y, config, steps, sources,
-                                 [starts[i] for i in index], device))
+            groups.append(_Group(index, [members[i] for i in index], tasks, y, config, steps, sources, [starts[i] for i in index], x.shape[1], device))
         X = torch.as_tensor(np.asarray(x, dtype=np.float32), device=device)
         params = [p for g in groups for p in g.params.values()]
         fused = {"fused": True} if torch.device(device).type in ("cpu", "cuda") else {}
-        opt = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay, **fused)  # one pass per tensor
+        # one Adam over every group's tensors; elementwise, so each model's update is its own (fused: one pass per tensor)
+        opt = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay, **fused)
         bar = None
         if progress:
             from mtl.progress import bar as make_bar
 
             bar = make_bar(steps, progress, unit="step")
         for step in range(steps):
-            if step % CHUNK == 0:
-                for g in groups:
+            for g in groups:
+                if step % CHUNK == 0:
                     g.draw_masks(step, steps)
-            loss = sum(g.loss(X, step) for g in groups)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
+                g.step(X, step)  # writes every parameter's .grad
             opt.step()
             if bar is not None:
                 bar.update(1)
         if bar is not None:
             bar.close()
-        # back to the caller's order; an inactive task's head keeps its starting weights (Adam's weight decay moved it)
+        # back to the caller's order; an inactive task's head (not in its group's parameters) keeps its start
         stacked = {k: np.empty((len(members), *starts[0][k].shape), dtype=np.float32) for k in param_names(tasks, trunk)}
         for g in groups:
-            for k, p in g.params.items():
-                stacked[k][g.index] = p.detach().cpu().numpy()
-        for i, m in enumerate(members):
-            for t in tasks:
-                if not m.active(t):
-                    for k in (f"{t}.0.weight", f"{t}.0.bias"):
-                        stacked[k][i] = starts[i][k].numpy()
+            for k in stacked:
+                stacked[k][g.index] = g.result(k) if k in g.params else np.stack([starts[i][k].numpy() for i in g.index])
         return unstack(stacked)
     finally:
         torch.set_num_threads(threads_before)
