@@ -27,6 +27,15 @@ TRUNK = TrainConfig(share="trunk", trunk_hidden=16, dropout=0.2, batch_size=8, l
 LINEAR = TrainConfig(batch_size=8, lr=1e-2, weight_decay=1e-3, balance=True)
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The reference loops' tiny matmuls on one thread (as mtl.train runs them): a second spin-waits on a busy machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def data():
     """Random unit vectors; `few` labelled on 90 rows with skewed classes (so balance matters), `other` on 100."""

@@ -155,10 +155,10 @@ def _check(x, y, tasks: Tasks, members: Sequence[Member], config: TrainConfig, s
 class _Group:
     """Models whose active tasks and batch sizes agree, trained side by side.
 
-    Parameters are stacked along a leading model axis and stored as [models, in, out] (the transpose of
-    `build_heads`' [out, in]): the batched matmuls then read and write them without transposing copies. The
-    gradient is written by hand into buffers allocated once (no autograd graph, no per-step allocation of
-    trunk-sized tensors, which on a CPU cost as much as the matmuls); tests check it against autograd.
+    Parameters are stacked along a leading model axis in `build_heads`' layout ([models, out, in] weights,
+    [models, out] biases). The gradient is written by hand into buffers allocated once: no autograd graph and no
+    per-step allocation of trunk-sized tensors, which on a CPU cost about as much as the matmuls (autograd's
+    steps were 1.7x slower on 2 cores); tests check it against autograd.
     """
 
     def __init__(self, index, members, tasks, y, config, steps, sources, starts, dim, device):
@@ -198,7 +198,7 @@ class _Group:
         self.params = {}
         for name in names:
             w, b = f"{name}.0.weight", f"{name}.0.bias"
-            self.params[w] = torch.stack([s[w].T for s in starts]).contiguous().to(device)  # [models, in, out]
+            self.params[w] = torch.stack([s[w] for s in starts]).to(device)  # [models, out, in]
             self.params[b] = torch.stack([s[b] for s in starts]).to(device)  # [models, out]
         for v in self.params.values():
             v.grad = torch.zeros_like(v)  # Adam reads .grad; `step` overwrites it in place every step
@@ -238,7 +238,7 @@ class _Group:
         torch.index_select(X, 0, r_all.reshape(-1), out=self.x.view(-1, X.shape[1]))
         if self.trunk:
             W, b = P[f"{TRUNK}.0.weight"], P[f"{TRUNK}.0.bias"]
-            torch.baddbmm(b.unsqueeze(1), self.x, W, out=self.z)  # [models, R, H]
+            torch.baddbmm(b.unsqueeze(1), self.x, W.transpose(1, 2), out=self.z)  # [models, R, H]
             torch.clamp_min(self.z, 0.0, out=self.h)  # ReLU
             if self.p > 0:  # dropout: kept units scaled by 1 / (1 - p), as nn.Dropout
                 self.h.mul_(self.masks[:, step % CHUNK]).mul_(1.0 / (1.0 - self.p))
@@ -250,13 +250,13 @@ class _Group:
             n = w.shape[1]
             W, b = P[f"{t}.0.weight"], P[f"{t}.0.bias"]
             h_t = h[:, off : off + n]
-            d = torch.softmax(torch.baddbmm(b.unsqueeze(1), h_t, W), dim=-1)  # [models, b, classes]
+            d = torch.softmax(torch.baddbmm(b.unsqueeze(1), h_t, W.transpose(1, 2)), dim=-1)  # [models, b, classes]
             d.scatter_add_(2, y.unsqueeze(2), torch.full_like(y, -1, dtype=d.dtype).unsqueeze(2))  # softmax - onehot
             d.mul_((self.lam[t].unsqueeze(1) * w / w.sum(1, keepdim=True)).unsqueeze(2))  # JointLoss's normalisation, times lam
-            torch.bmm(h_t.transpose(1, 2), d, out=W.grad)
+            torch.bmm(d.transpose(1, 2), h_t, out=W.grad)  # [models, classes, in]
             torch.sum(d, 1, out=b.grad)
             if self.trunk:
-                torch.bmm(d, W.transpose(1, 2), out=self.dh[:, off : off + n])
+                torch.bmm(d, W, out=self.dh[:, off : off + n])
             off += n
         if self.trunk:
             W, b = P[f"{TRUNK}.0.weight"], P[f"{TRUNK}.0.bias"]
@@ -264,13 +264,11 @@ class _Group:
             if self.p > 0:
                 dz.mul_(self.masks[:, step % CHUNK]).mul_(1.0 / (1.0 - self.p))
             dz.masked_fill_(self.z <= 0, 0.0)  # ReLU
-            torch.bmm(self.x.transpose(1, 2), dz, out=W.grad)
+            torch.bmm(dz.transpose(1, 2), self.x, out=W.grad)  # [models, H, dim]
             torch.sum(dz, 1, out=b.grad)
 
     def result(self, key: str) -> np.ndarray:
-        """A parameter in `build_heads`' layout ([models, out, in] weights), as numpy."""
-        v = self.params[key].detach().cpu()
-        return (v.transpose(1, 2) if v.dim() == 3 else v).numpy()
+        return self.params[key].cpu().numpy()
 
 
 def train_many(
@@ -283,7 +281,7 @@ def train_many(
     init: Sequence[Mapping[str, np.ndarray]] | None = None,
     sources: np.ndarray | None = None,
     device: str = "cpu",
-    threads: int | None = None,
+    threads: int | None = 1,
     progress: str | None = None,
 ) -> list[dict[str, np.ndarray]]:
     """Train every member for `steps` Adam updates as one batched program; one numpy state dict per member, in order.
@@ -292,7 +290,8 @@ def train_many(
     dropout, share/trunk_hidden, batch_size, balance and mix (its epochs and seed are not used: `steps` and the
     members' seeds are). `init`: a state dict per member to start from (default: `init_state` of its seed).
     `sources`: each row's source, for `config.mix` (None: one source). `threads`: torch threads while training
-    (None: as set). `progress`: a bar with this label. The states are views of one stacked array per key
+    (None: as set; 1 by default, as `mtl.train`: on a busy 2-core machine a second thread's spin-waiting can make
+    small batches many times slower; for big batches on an idle machine 2 can pay, see bench/bench_batched.py). `progress`: a bar with this label. The states are views of one stacked array per key
     (`stack` gives it back without copying much).
     """
     import torch
