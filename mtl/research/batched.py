@@ -1,8 +1,8 @@
-"""Many small models trained as one batched torch program: stacked parameters, one loss, one backward, one Adam.
+"""Many small models trained as one batched torch program: stacked parameters, the gradient of the summed loss, one Adam.
 
 Issue 26 needs thousands of small fits (draws x k x lambda x seeds x arms). One at a time, `mtl.train.train`
 spends most of its time in Python per step; here every model of a batch takes its step in the same few
-batched matmuls (`torch.baddbmm` over parameters stacked along a leading model axis).
+batched matmuls (`torch.baddbmm`/`bmm` over parameters stacked along a leading model axis).
 
 What one model of the batch is (a `Member`), and how it trains:
 
@@ -24,17 +24,25 @@ What one model of the batch is (a `Member`), and how it trains:
   rows' weights `mtl.train.row_weights` gives the model's own rows of t (class balance with `config.balance`,
   source mix with `sources`), normalised per batch as `JointLoss` does. The batch's loss is the sum over models:
   model i's parameters get exactly model i's gradient, and Adam is elementwise, so models stay independent.
-* Optimiser: `torch.optim.Adam(lr, weight_decay)` (L2 in the gradient, as `mtl.train`), fresh for every call.
+  That gradient is written out by hand (`_Group.step`; see its docstring for why), and tests check it against
+  autograd on a plain `build_heads` module.
+* Optimiser: `torch.optim.Adam(lr, weight_decay)` (L2 in the gradient, as `mtl.train`), fresh for every call,
+  over the active tasks' heads and the trunk (an inactive head is not a parameter: no weight decay either).
 * Initialisation: model i starts where `torch.manual_seed(seed_i); build_heads(...)` starts (and so where
   `mtl.train.train` starts with `TrainConfig(seed=seed_i)`): `nn.Linear`'s default init (weight
   `kaiming_uniform_(a=sqrt(5))`, bias U(+-1/sqrt(fan_in))) drawn from `torch.Generator().manual_seed(seed_i)`,
   trunk first, then each task's head in `tasks` order, weight before bias (`init_state`). `init=` starts from given
   state dicts instead (a sequential arm: stage 2 starts from stage 1's weights, with a fresh Adam).
 
-Equal batch sizes stack: models are grouped by their tasks' batch sizes (a k = 4 draw has b = 12 where a full one
-has 32), each group keeps its own parameter tensors (no slicing in the autograd graph) and all groups share one
-loss, one backward and one Adam. Tests (`tests/test_batched.py`) show a model trained in a batch equals the same
-model trained alone and a plain per-model `nn.Module` loop on the same streams.
+Equal batch sizes stack: models are grouped by their active tasks' batch sizes (a k = 4 draw has b = 12 where a
+full one has 32); each group has its own stacked tensors, and all groups step together under one Adam. Tests
+(`tests/test_batched.py`) show a model trained in a batch equals the same model trained alone and a plain
+per-model `nn.Module` loop on the same streams.
+
+Cost (bench/bench_batched.py): memory per model is about 4x its parameters (weights, gradient, Adam's two
+moments: 1.6 MB for a 384 -> 256 trunk) plus its index streams (4 bytes x steps x batch per task) and a
+16-step block of dropout masks (bool, 16 x rows per step x H); callers train a few hundred trunk models per call.
+Time is the matmuls: a trunk model's step is ~2 x rows x dim x H x 2 flops (forward and weight gradient).
 """
 
 from __future__ import annotations
@@ -135,6 +143,8 @@ def _check(x, y, tasks: Tasks, members: Sequence[Member], config: TrainConfig, s
         raise ValueError("batched training: linear heads or a trunk only (hidden 0), static weights from Member.weights "
                          f"(config.task_weights empty), no prior; got hidden {config.hidden}, weighting {config.weighting!r}, "
                          f"prior {config.prior!r}, task_weights {config.task_weights}")
+    if np.ndim(x) != 2 or any(len(np.asarray(y[t])) != len(x) for t in tasks):
+        raise ValueError("x must be n x dim and every task's labels n long")
     if not members or steps < 1:
         raise ValueError(f"batched training: need members and steps >= 1, got {len(members)} members, {steps} steps")
     if init is not None and len(init) != len(members):
@@ -144,6 +154,8 @@ def _check(x, y, tasks: Tasks, members: Sequence[Member], config: TrainConfig, s
             raise ValueError(f"member {i}: unknown tasks {sorted(unknown)}")
         if any(m.weight(t) < 0 or not math.isfinite(m.weight(t)) for t in m.weights):
             raise ValueError(f"member {i}: weights must be finite and >= 0, got {dict(m.weights)}")
+        if not isinstance(m.seed, (int, np.integer)) or m.seed < 0:
+            raise ValueError(f"member {i}: seed must be an integer >= 0, got {m.seed!r}")
         if not any(m.active(t) for t in tasks):
             raise ValueError(f"member {i}: no task with rows and a weight > 0")
         for t, r in m.rows.items():
@@ -313,7 +325,7 @@ def train_many(
         for key in sorted(set(keys)):
             index = [i for i, k in enumerate(keys) if k == key]
             groups.append(_Group(index, [members[i] for i in index], tasks, y, config, steps, sources, [starts[i] for i in index], x.shape[1], device))
-        X = torch.as_tensor(np.asarray(x, dtype=np.float32), device=device)
+        X = torch.tensor(np.asarray(x), dtype=torch.float32, device=device)  # a copy: x may be a read-only map
         params = [p for g in groups for p in g.params.values()]
         fused = {"fused": True} if torch.device(device).type in ("cpu", "cuda") else {}
         # one Adam over every group's tensors; elementwise, so each model's update is its own (fused: one pass per tensor)
@@ -359,6 +371,14 @@ def task_names(state: Mapping[str, np.ndarray]) -> list[str]:
     return list(dict.fromkeys(k.split(".")[0] for k in state if k.split(".")[0] != TRUNK))
 
 
+def _tensor(a):
+    """float32 torch view of an array (a copy only where it must: another dtype, or read-only memory)."""
+    import torch
+
+    a = np.asarray(a, dtype=np.float32)
+    return torch.from_numpy(a if a.flags.writeable else a.copy())
+
+
 def _shared_input_layer(X, W, b):
     """Linear layers of many models on the same rows: [n, dim] @ [dim, models*out] as one matmul -> [models, n, out]."""
     return (X @ W.reshape(-1, W.shape[-1]).T).view(len(X), W.shape[0], W.shape[1]).transpose(0, 1) + b.unsqueeze(1)
@@ -375,8 +395,8 @@ def predict(models, x: np.ndarray, tasks: Sequence[str] | None = None, max_float
 
     stacked = models if isinstance(models, Mapping) else stack(models)
     tasks = list(tasks) if tasks is not None else task_names(stacked)
-    P = {k: torch.as_tensor(np.asarray(v, dtype=np.float32)) for k, v in stacked.items()}
-    X = torch.as_tensor(np.asarray(x, dtype=np.float32))
+    P = {k: _tensor(v) for k, v in stacked.items()}
+    X = _tensor(x)
     B, n = len(next(iter(P.values()))), len(X)
     trunk = f"{TRUNK}.0.weight" in P
     width = P[f"{TRUNK}.0.weight"].shape[1] if trunk else max(P[f"{t}.0.weight"].shape[1] for t in tasks)
