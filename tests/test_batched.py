@@ -66,7 +66,7 @@ def mixed_members(y) -> list[B.Member]:
     return members
 
 
-def reference(x, y, member: B.Member, config: TrainConfig, steps: int) -> dict[str, np.ndarray]:
+def reference(x, y, member: B.Member, config: TrainConfig, steps: int, sources=None) -> dict[str, np.ndarray]:
     """One model as a plain nn.Module loop: build_heads after manual_seed, torch Adam, the module's batches and masks."""
     torch.manual_seed(member.seed)
     heads = build_heads(TASKS, x.shape[1], 0, config.dropout, config.trunk_width)
@@ -77,7 +77,7 @@ def reference(x, y, member: B.Member, config: TrainConfig, steps: int) -> dict[s
         if member.active(t):
             rows = np.asarray(member.rows[t])
             pos = B.index_stream(member.seed, j, len(rows), min(config.batch_size, len(rows)), steps).numpy()
-            w = row_weights(y[t][rows], None, config.mix, config.balance)
+            w = row_weights(y[t][rows], None if sources is None else sources[rows], config.mix, config.balance)
             plan[t] = (torch.as_tensor(rows[pos]), torch.as_tensor(w[pos], dtype=torch.float32), B.dropout_generator(member.seed, j))
     masks = {}
     for s in range(steps):
@@ -137,6 +137,17 @@ def test_a_model_in_a_batch_equals_it_alone_and_the_plain_module_loop(data, conf
         assert max_diff(state, reference(x, y, m, config, STEPS)) < 1e-5
     start = B.init_state(TASKS, DIM, config.trunk_width, members[0].seed)
     assert max_diff(together[0], {k: v.numpy() for k, v in start.items()}) > 1e-2  # it trained
+
+
+def test_sources_weigh_rows_as_joint_loss_does(data):
+    """With `sources` and a mix, each row weighs what `row_weights` gives it (checked through the reference loop)."""
+    x, y = data
+    sources = np.where(np.arange(len(x)) % 3 == 0, "a.csv", "b.csv")
+    config = TrainConfig(share="trunk", trunk_hidden=16, batch_size=8, mix="equal", balance=True)
+    m = mixed_members(y)[1]
+    got = B.train_many(x, y, TASKS, [m], config, STEPS, sources=sources)[0]
+    assert max_diff(got, reference(x, y, m, config, STEPS, sources)) < 1e-5
+    assert max_diff(got, B.train_many(x, y, TASKS, [m], config, STEPS)[0]) > 1e-4  # the mix does change the weights
 
 
 def test_weight_zero_with_a_trunk_is_single_task(data):
