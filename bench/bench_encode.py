@@ -335,11 +335,10 @@ def run_children(modes: list[str], n: int | None, device: str, tmp: Path, timeou
 
 # -- the machine and the whole-process figures ------------------------------------------------------------------
 def machine() -> dict:
-    from mtl.engine.devices import cpu_flags, cpu_name
-    from mtl.engine.info import _gpu
+    from mtl.engine.devices import cpu_flags, cpu_name, gpu_name
 
     flags = sorted(cpu_flags() & {"avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8"})
-    return {"cpu": cpu_name(), "cores": os.cpu_count(), "cpu_flags": flags, "gpu": _gpu(), "load_avg_at_start": os.getloadavg(),
+    return {"cpu": cpu_name(), "cores": os.cpu_count(), "cpu_flags": flags, "gpu": gpu_name(), "load_avg_at_start": os.getloadavg(),
             "host": os.uname().nodename}
 
 

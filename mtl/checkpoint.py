@@ -55,11 +55,9 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     from safetensors import SafetensorError
     from safetensors.numpy import load
 
-    path = Path(path)
-    if not path.exists():
-        raise MTLError(f"{path}: checkpoint not found; train one first with `mtl train`")
-    if path.is_dir():
-        raise MTLError(f"{path}: is a directory, expected a checkpoint file")
+    from mtl.data import existing_file
+
+    path = existing_file(path, what="checkpoint", missing="; train one first with `mtl train`")
     raw = path.read_bytes()
     try:
         state = load(raw)

@@ -38,27 +38,37 @@ def task_weights(s: str) -> dict[str, float]:
     return out
 
 
-def _common(p: argparse.ArgumentParser) -> None:
+def _common(p: argparse.ArgumentParser, model: bool = False) -> None:
     from mtl.config import CHOICES
+    from mtl.engine.embed import EmbedSpec
 
-    p.add_argument("--backend", choices=CHOICES["backend"], default="auto", help="embedding backend (default: %(default)s; see `mtl info`)")
-    p.add_argument("--device", choices=CHOICES["device"], default="auto", help="device for torch work (default: auto)")
+    if model:
+        p.add_argument("--model", default=None, help="checkpoint (default saved_models/multi_task_model.safetensors)")
+    p.add_argument("--backend", choices=CHOICES["backend"], default=EmbedSpec.backend, help="embedding backend (default: %(default)s; see `mtl info`)")
+    p.add_argument("--device", choices=CHOICES["device"], default=EmbedSpec.device, help="device for torch work (default: %(default)s)")
     p.add_argument("--cache-dir", default=None, help="embedding cache folder (default: .cache/)")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
 
 
-def spec_of(a, layers: str = "last", cache: bool = True):
-    """The EmbedSpec that a command's --backend/--device/--cache-dir (and --layers, --backbone) flags describe."""
-    from mtl.engine.backbone import DEFAULT_BACKBONE
+def _embedding(p: argparse.ArgumentParser, layers_help: str) -> None:
+    """--backbone and --layers (train, embed): defaults from `EmbedSpec`, their one home."""
     from mtl.engine.embed import EmbedSpec
 
-    return EmbedSpec(backend=a.backend, device=a.device, layers=layers, cache_dir=a.cache_dir,
-                     backbone=getattr(a, "backbone", None) or DEFAULT_BACKBONE, cache=cache)
+    p.add_argument("--backbone", default=EmbedSpec.backbone, help="packaged model, a local folder, or a hub name (default: %(default)s)")
+    p.add_argument("--layers", default=EmbedSpec.layers, help=layers_help)
+
+
+def spec_of(a, cache: bool = True):
+    """The EmbedSpec that a command's --backend/--device/--cache-dir (and --layers, --backbone where it has them) describe;
+    what a command has no flag for keeps EmbedSpec's default."""
+    from mtl.engine.embed import EmbedSpec
+
+    given = {"backbone": getattr(a, "backbone", None), "layers": getattr(a, "layers", None)}
+    return EmbedSpec(backend=a.backend, device=a.device, cache_dir=a.cache_dir, cache=cache, **{k: v for k, v in given.items() if v is not None})
 
 
 def build_parser() -> Parser:
-    from mtl.config import CHOICES, TrainConfig
-    from mtl.engine.backbone import DEFAULT_BACKBONE
+    from mtl.config import CHOICES, FOLDS, TrainConfig
 
     d = TrainConfig()  # every training default, from its one home
     ap = Parser(prog="mtl", allow_abbrev=False, description="Multi-task sentence classification on a frozen sentence-transformer.")
@@ -88,28 +98,27 @@ def build_parser() -> Parser:
                    help="choose layers, head, weight decay, sharing and (several files) the mix by k-fold CV on the training rows "
                         "(mtl.research.select.candidates), then train that choice; --seed, --device and --tune-folds apply, "
                         "the other training flags are replaced by the choice")
-    t.add_argument("--tune-folds", type=_flag("folds"), default=5, help="folds for --tune (default: %(default)s)")
+    t.add_argument("--tune-folds", type=_flag("folds"), default=FOLDS, help="folds for --tune (default: %(default)s)")
+    t.add_argument("--target", default=None, metavar="FILE",
+                   help="with --tune: score the CV on this --data file's held-out folds only (training still uses every file)")
     t.add_argument("--weighting", choices=CHOICES["weighting"], default=d.weighting)
     t.add_argument("--task-weights", type=task_weights, default={}, help="static loss weights, e.g. topic=1,sentiment=2")
     t.add_argument("--seed", type=_flag("seed"), default=d.seed)
-    t.add_argument("--backbone", default=DEFAULT_BACKBONE, help="packaged model, a local folder, or a hub name")
-    t.add_argument("--layers", default="last", help="embedding from the last layer (default) or the average of layers A-B, e.g. 4-6")
+    _embedding(t, "embedding from the last layer (default) or the average of layers A-B, e.g. 4-6")
     t.add_argument("--out", default=None, help="checkpoint path (default saved_models/multi_task_model.safetensors)")
     t.add_argument("--metrics", default=None, help="metrics JSON path (default saved_models/metrics.json)")
     _common(t)
 
     p = sub.add_parser("predict", allow_abbrev=False, help="label sentences with a trained checkpoint")
     p.add_argument("inputs", nargs="*", help="text file (one per line), CSV/JSONL/Parquet with a text column, a glob, or - for stdin")
-    p.add_argument("--model", default=None)
     p.add_argument("--format", choices=("table", "csv", "jsonl", "parquet"), default="table", help="with --out: parquet (default) or jsonl")
-    _common(p)
+    _common(p, model=True)
     _corpus_options(p, predict=True)
 
     m = sub.add_parser("embed", allow_abbrev=False, help="write the embedding of every text of a corpus")
     m.add_argument("inputs", nargs="+", help="text file, CSV/JSONL/Parquet with a text column, a glob, or - for stdin")
     m.add_argument("--format", choices=("parquet", "jsonl"), default=None, help="shard format (default parquet; jsonl without --out)")
-    m.add_argument("--backbone", default=DEFAULT_BACKBONE)
-    m.add_argument("--layers", default="last", help="last (default) or the average of layers A-B, e.g. 4-6")
+    _embedding(m, "last (default) or the average of layers A-B, e.g. 4-6")
     _common(m)
     _corpus_options(m, predict=False)
 
@@ -123,14 +132,13 @@ def build_parser() -> Parser:
 
     e = sub.add_parser("evaluate", allow_abbrev=False, help="score a checkpoint on a labelled CSV")
     e.add_argument("--data", required=True)
-    e.add_argument("--model", default=None)
     e.add_argument("--json", default=None, help="write the metrics here")
-    _common(e)
+    _common(e, model=True)
 
     c = sub.add_parser("compare", allow_abbrev=False, help="baselines vs single- vs multi-task, k-fold CV + held-out test")
     c.add_argument("--data", action="append", help="labelled CSV with a split column (default data/sentences.csv)")
-    c.add_argument("--model", default=None, help="checkpoint whose settings the heads use (default saved_models/...)")
-    c.add_argument("--folds", type=_flag("folds"), default=5)
+    c.add_argument("--model", default=None, help="checkpoint whose settings the heads use (default saved_models/multi_task_model.safetensors)")
+    c.add_argument("--folds", type=_flag("folds"), default=FOLDS, help="(default: %(default)s)")
     c.add_argument("--out", default=None, help="CSV path (default saved_models/comparison.csv)")
     _common(c)
 
@@ -152,6 +160,11 @@ def build_parser() -> Parser:
     return ap
 
 
+# training flags whose values `--tune` replaces by the chosen candidate's (flag names without the leading --)
+TUNED = {"epochs", "lr", "batch-size", "hidden", "dropout", "weight-decay", "class-balanced", "mix", "share", "prior", "trunk-hidden",
+         "layers", "weighting", "task-weights"}
+
+
 def cmd_train(a) -> int:
     from mtl import paths
     from mtl.config import Recipe, TrainConfig
@@ -166,7 +179,13 @@ def cmd_train(a) -> int:
         weighting=a.weighting, task_weights=a.task_weights, seed=a.seed, device=a.device,
     ))
     record = None
+    if a.target is not None and not a.tune:
+        raise MTLError("--target: only with --tune")
     if a.tune:
+        replaced = [f for f in dict.fromkeys(arg.split("=")[0] for arg in a.argv) if f.removeprefix("--no-").removeprefix("--") in TUNED]
+        if replaced:
+            warnings.warn(f"--tune: {', '.join(replaced)} replaced by the settings the CV chooses (only --seed, --device, "
+                          "--tune-folds and --target apply with --tune)", stacklevel=1)
         recipe, record = _tune(a, tasks)
     res = train_from_csv(a.data, tasks, recipe.train, recipe.spec(spec_of(a)), a.out, a.metrics, record=record)
     print(format_table(res["metrics"]["train"], "train split (seen in training):"))
@@ -180,26 +199,34 @@ def cmd_train(a) -> int:
 
 def _tune(a, tasks) -> tuple:
     """`--tune`: CV on the given files' train rows; returns (the chosen Recipe, record for the checkpoint)."""
+    from pathlib import Path
+
     from mtl import paths
     from mtl.research.select import tune
 
     data = a.data or [str(paths.DATA_CSV)]
-    table, best, recipe = tune(data, tasks, spec_of(a), folds=a.tune_folds, seed=a.seed, device=a.device)
-    score = "mean macro-recall over sources and their tasks" if len(data) > 1 else "mean macro-recall over tasks"
+    table, best, recipe = tune(data, tasks, spec_of(a), folds=a.tune_folds, seed=a.seed, device=a.device, target=a.target)
+    if a.target:
+        score = f"mean macro-recall over the tasks of {Path(a.target).name} (the --target), trained on every file"
+    else:
+        score = "mean macro-recall over sources and their tasks" if len(data) > 1 else "mean macro-recall over tasks"
     print(f"--tune: {a.tune_folds}-fold CV on the train rows of {len(data)} file(s), {score}:", file=sys.stderr)
     print(table.round(4).to_string(), file=sys.stderr)
     print(f"--tune: chose candidate {best} ({recipe.describe()})", file=sys.stderr)
-    record = {"tune": {"folds": a.tune_folds, "metric": score, "chosen": best, "layers": recipe.layers,
+    record = {"tune": {"folds": a.tune_folds, "metric": score, "target": a.target, "chosen": best, "layers": recipe.layers,
                        "config": recipe.train.as_dict(), "cv_table": table.reset_index().to_dict(orient="records")}}
     return recipe, record
 
 
 def _corpus_options(p: argparse.ArgumentParser, predict: bool) -> None:
     """Options of the streaming path (`--out DIR`): chunked, sharded, resumable, optionally on Ray."""
+    from mtl.corpus.ray_engine import WORKERS
+    from mtl.corpus.stream import CHUNK_SIZE
+
     p.add_argument("--out", default=None, help="write sharded output to this folder (streaming, resumable)")
-    p.add_argument("--chunk-size", type=_flag("chunk_size"), default=None, help="rows per output shard (default 10000)")
+    p.add_argument("--chunk-size", type=_flag("chunk_size"), default=None, help=f"rows per output shard (default {CHUNK_SIZE})")
     p.add_argument("--engine", choices=("local", "ray"), default="local", help="ray: label chunks on a Ray cluster (pip install -e '.[scale]')")
-    p.add_argument("--workers", type=_flag("workers"), default=None, help="--engine ray: labelling actors (default 1)")
+    p.add_argument("--workers", type=_flag("workers"), default=None, help=f"--engine ray: labelling actors (default {WORKERS})")
     p.add_argument("--address", default=None, help="--engine ray: the cluster to join (default $RAY_ADDRESS, else a local instance)")
     p.add_argument("--cache", action="store_true", help="with --out: keep the vectors in the embedding cache too (a corpus is usually seen once)")
     if predict:
@@ -208,10 +235,12 @@ def _corpus_options(p: argparse.ArgumentParser, predict: bool) -> None:
 
 def cmd_corpus(a) -> int:
     """`predict`/`embed` over a corpus: stream in chunks to `--out` (or, for embed without --out, JSONL on stdout)."""
+    from dataclasses import replace
     from pathlib import Path
 
     from mtl import inputs
     from mtl.corpus import stream
+    from mtl.predict import label, to_jsonl
 
     predict = a.cmd == "predict"
     fmt = {"table": "parquet", None: "parquet"}.get(a.format, a.format)
@@ -227,21 +256,16 @@ def cmd_corpus(a) -> int:
         inputs.check_input(path)
     if a.engine == "ray" and "-" in paths_in:
         raise MTLError("--engine ray reads files, not stdin (-)")
+    spec = spec_of(a, cache=a.cache or a.out is None)
     model, ckpt = None, None
     if predict:
         from mtl import paths
-        from mtl.predict import load_model
+        from mtl.engine.devices import checkpoint_backend
+        from mtl.predict import embed_for, load_model
 
         model = str(a.model or paths.CHECKPOINT)
         ckpt = load_model(model)  # a missing or foreign checkpoint fails here, before any engine starts
-    job = stream.Job(
-        command=a.cmd, inputs=paths_in, out=Path(a.out) if a.out else None, fmt=fmt, chunk_size=a.chunk_size or stream.CHUNK_SIZE,
-        with_embeddings=bool(getattr(a, "with_embeddings", False)), model=model,
-        backbone=None if predict else a.backbone, layers=None if predict else a.layers, backend=a.backend,
-    )
-    spec = spec_of(a, "last" if predict else a.layers, cache=a.cache or job.out is None)
-    if predict:
-        from mtl.predict import embed_for
+        spec = replace(spec, backend=checkpoint_backend(spec.backend, ckpt.meta.get("backend")))
 
         def encode(texts, progress=None):
             return embed_for(ckpt, model, texts, spec, progress)[0]
@@ -250,17 +274,19 @@ def cmd_corpus(a) -> int:
 
         def encode(texts, progress=None):
             return embed_texts(texts, spec, progress=progress)[0]
+    job = stream.Job(
+        command=a.cmd, inputs=paths_in, out=Path(a.out) if a.out else None, fmt=fmt, chunk_size=a.chunk_size or stream.CHUNK_SIZE,
+        with_embeddings=bool(getattr(a, "with_embeddings", False)), model=model,
+        backbone=None if predict else spec.backbone, layers=None if predict else spec.layers, backend=a.backend,
+    )
     if job.out is None:  # embed, small: JSONL on stdout
-        from mtl.predict import label
-
         for texts, sources in inputs.iter_chunks(paths_in, job.chunk_size):
-            sys.stdout.write(stream.to_jsonl(label(texts, encode).rows(sources, with_embeddings=True)))
+            sys.stdout.write(to_jsonl(label(texts, encode).rows(sources, with_embeddings=True)))
         return 0
     if a.engine == "ray":
         from mtl.corpus.ray_engine import ray_engine
 
-        workers = a.workers or 1
-        stream.run(job, ray_engine(job, a.device, a.cache_dir, workers, a.address), f"Ray, {workers} worker{'s' * (workers > 1)}")
+        stream.run(job, *ray_engine(job, spec, a.workers, a.address))
         return 0
     stream.run(job, stream.local_engine(encode, ckpt))
     return 0
@@ -302,7 +328,7 @@ def cmd_cache(a) -> int:
 def cmd_predict(a) -> int:
     from mtl import paths
     from mtl.inputs import read_all
-    from mtl.predict import predict
+    from mtl.predict import predictions, to_jsonl
 
     if a.out is not None or a.engine != "local":
         return cmd_corpus(a)
@@ -310,26 +336,29 @@ def cmd_predict(a) -> int:
                         ("--address", a.address), ("--cache", a.cache), ("--format parquet", a.format == "parquet")):
         if value:
             raise MTLError(f"{flag}: only with --out DIR")
-    rows = predict(read_all(a.inputs or [str(paths.TEST_SENTENCES)]), a.model, spec_of(a))
+    sources = a.inputs or [str(paths.TEST_SENTENCES)]
+    texts = read_all(sources)
+    if not texts:
+        raise MTLError(f"{', '.join('<stdin>' if s == '-' else s for s in sources)}: no text to label (empty input)")
+    pred = predictions(texts, a.model, spec_of(a))
+    rows = pred.rows()
     for i, r in enumerate(rows):
         if r.get("error"):
             print(f"warning: input {i + 1}: {r['error']}, no prediction", file=sys.stderr)
-    tasks = [k for k in rows[0] if k not in ("text", "error") and not k.endswith("_probs")] if rows else []
     out = sys.stdout
     if a.format == "jsonl":
-        for r in rows:
-            out.write(json.dumps(r, ensure_ascii=False) + "\n")
+        out.write(to_jsonl(rows))
     elif a.format == "csv":
         import csv
 
-        cols = ["text"] + [f"{t}{suffix}" for t in tasks for suffix in ("", "_probs")]
+        cols = pred.columns(sources=False)
         w = csv.writer(out)
         w.writerow(cols)
         for r in rows:
-            w.writerow([r["text"]] + [json.dumps(r[c]) if c.endswith("_probs") else (r[c] or "") for c in cols[1:]])
+            w.writerow(["" if r.get(c) is None else json.dumps(r[c]) if c.endswith("_probs") else r[c] for c in cols])
     else:
         for r in rows:
-            preds = "  ".join(f"{t}={r[t]} ({max(r[f'{t}_probs'].values()):.2f})" if r[t] else f"{t}=-" for t in tasks)
+            preds = "  ".join(f"{t}={r[t]} ({max(r[f'{t}_probs'].values()):.2f})" if r[t] else f"{t}=-" for t in pred.tasks)
             text = r["text"] if len(r["text"]) <= 70 else r["text"][:67] + "..."
             out.write(f"{text:<70}  {preds}\n")
     return 0
@@ -409,6 +438,7 @@ def main(argv: list[str] | None = None) -> int:
     import threading
 
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     on_main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _interrupt) if on_main else None
     if not args.debug:

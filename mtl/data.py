@@ -32,27 +32,43 @@ MAX_CHARS = 5000
 SPLITS = ("train", "test")
 
 
-def _read_bytes(path: Path) -> bytes:
-    if str(path) == "-":
-        return sys.stdin.buffer.read()
+# -- what goes wrong opening a file: the one wording for every reader (labelled CSVs here, texts to label in `inputs`)
+def existing_file(path: str | Path, hint: str = "", what: str = "file", missing: str = "") -> Path:
+    """`path`, or the one-line error for a missing file or a directory (`hint`: what to pass instead of a directory,
+    `missing`: how to get the file)."""
+    path = Path(path)
     if not path.exists():
-        raise MTLError(f"{path}: file not found")
+        raise MTLError(f"{path}: {what} not found{missing}")
     if path.is_dir():
-        raise MTLError(f"{path}: is a directory, expected a file")
+        raise MTLError(f"{path}: is a directory, expected a {what}{hint}")
+    return path
+
+
+def unreadable(path: str | Path, exc: OSError) -> MTLError:
+    return MTLError(f"{path}: cannot read ({exc.strerror or exc})")
+
+
+def not_utf8(path: str | Path, line: int, exc: UnicodeDecodeError) -> MTLError:
+    return MTLError(f"{path}: line {line} is not valid UTF-8 (byte 0x{exc.object[exc.start]:02x}); save the file as UTF-8")
+
+
+def empty_csv(path: str | Path) -> MTLError:
+    return MTLError(f"{path}: file is empty, expected a CSV with a header and rows")
+
+
+def no_text(path: str | Path, columns: list[str]) -> MTLError:
+    return MTLError(f"{path}: no 'text' column (columns are: {', '.join(columns) or 'none'})")
+
+
+def _read_text(path: Path) -> str:
     try:
-        return path.read_bytes()
+        raw = sys.stdin.buffer.read() if str(path) == "-" else existing_file(path).read_bytes()
     except OSError as exc:
-        raise MTLError(f"{path}: cannot read ({exc.strerror or exc})") from exc
-
-
-def _decode(raw: bytes, path: Path) -> str:
+        raise unreadable(path, exc) from None
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        raise MTLError(
-            f"{path}: line {line} is not valid UTF-8 (byte 0x{raw[exc.start]:02x}); save the file as UTF-8"
-        ) from None
+        raise not_utf8(path, raw[: exc.start].count(b"\n") + 1, exc) from None
 
 
 def clip(texts: list[str | None], where: str, first_line: int = 1) -> list[str]:
@@ -78,9 +94,9 @@ def read_table(path: str | Path) -> "pd.DataFrame":
     import pandas as pd
 
     path = Path(path)
-    text = _decode(_read_bytes(path), path)
+    text = _read_text(path)
     if not text.strip():
-        raise MTLError(f"{path}: file is empty, expected a CSV with a header and rows")
+        raise empty_csv(path)
     try:
         df = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, na_values=[""])
     except (pd.errors.ParserError, csv.Error) as exc:
@@ -102,7 +118,7 @@ def load_dataset(path: str | Path, tasks: Tasks = DEFAULT_TASKS, warn_duplicates
     df = read_table(path)
     path = Path(path)
     if "text" not in df.columns:
-        raise MTLError(f"{path}: no 'text' column (columns are: {', '.join(df.columns)})")
+        raise no_text(path, list(df.columns))
     df["line"] = np.arange(len(df)) + 2
     missing = df["text"].isna() | (df["text"].fillna("").str.strip() == "")
     if missing.any():

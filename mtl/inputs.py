@@ -15,7 +15,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from mtl.data import clip
+from mtl.data import clip, empty_csv, existing_file, no_text, not_utf8, unreadable
 from mtl.errors import MTLError
 
 READ_BATCH = 8192  # texts per batch a reader yields
@@ -38,11 +38,8 @@ def expand(sources: list[str]) -> list[str]:
             if not hits:
                 raise MTLError(f"{src}: no file matches this pattern")
             out += hits
-        elif not os.path.exists(src):
-            raise MTLError(f"{src}: file not found")
-        elif os.path.isdir(src):
-            raise MTLError(f"{src}: is a directory; pass its files or a glob such as '{src.rstrip('/')}/*.parquet'")
         else:
+            existing_file(src, f"; pass its files or a glob such as '{src.rstrip('/')}/*.parquet'")
             out.append(src)
     return out
 
@@ -50,10 +47,6 @@ def expand(sources: list[str]) -> list[str]:
 def _arrow_error(path: str, what: str, exc: Exception) -> MTLError:
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return MTLError(f"{path}: cannot read as {what} ({first[:200]})")
-
-
-def _no_text(path: str, names: list[str]) -> MTLError:
-    return MTLError(f"{path}: no 'text' column (columns are: {', '.join(names) or 'none'})")
 
 
 def check_input(path: str) -> None:
@@ -70,7 +63,7 @@ def check_input(path: str) -> None:
         except (pa.ArrowException, OSError) as exc:
             raise _arrow_error(path, "Parquet", exc) from None
         if "text" not in schema.names:
-            raise _no_text(path, schema.names)
+            raise no_text(path, schema.names)
         if not (pa.types.is_string(schema.field("text").type) or pa.types.is_large_string(schema.field("text").type)):
             raise MTLError(f"{path}: column 'text' holds {schema.field('text').type}, expected strings")
     elif k == "csv":
@@ -79,14 +72,14 @@ def check_input(path: str) -> None:
         try:
             with open(path, encoding="utf-8-sig", newline="") as fh:
                 header = next(csv.reader(fh), [])
-        except UnicodeDecodeError:
-            raise MTLError(f"{path}: line 1 is not valid UTF-8; save the file as UTF-8") from None
+        except UnicodeDecodeError as exc:
+            raise not_utf8(path, 1, exc) from None
         except OSError as exc:
-            raise MTLError(f"{path}: cannot read ({exc.strerror or exc})") from None
+            raise unreadable(path, exc) from None
         if not header:
-            raise MTLError(f"{path}: file is empty, expected a CSV with a header and rows")
+            raise empty_csv(path)
         if "text" not in [h.strip() for h in header]:
-            raise _no_text(path, header)
+            raise no_text(path, header)
 
 
 def _read_txt(path: str) -> Iterator[list[str]]:
@@ -99,13 +92,13 @@ def _read_txt(path: str) -> Iterator[list[str]]:
             try:
                 line = raw.decode("utf-8-sig" if n == 1 else "utf-8")
             except UnicodeDecodeError as exc:
-                raise MTLError(f"{name}: line {n} is not valid UTF-8 (byte 0x{raw[exc.start]:02x}); save the file as UTF-8") from None
+                raise not_utf8(name, n, exc) from None
             batch += line.splitlines() or [""]
             if len(batch) >= READ_BATCH:
                 yield batch
                 batch = []
     except OSError as exc:
-        raise MTLError(f"{name}: cannot read ({exc.strerror or exc})") from None
+        raise unreadable(name, exc) from None
     finally:
         if fh is not sys.stdin.buffer:
             fh.close()
@@ -195,6 +188,15 @@ def iter_chunks(paths: list[str], chunk_size: int) -> Iterator[tuple[list[str], 
         yield texts, sources
 
 
+def count_lines(path: str | Path) -> int:
+    """Lines in a file (a last line without its newline counts too), read in blocks: text inputs and JSONL shards."""
+    with open(path, "rb") as fh:
+        n, last = 0, b"\n"
+        for block in iter(lambda: fh.read(1 << 24), b""):
+            n, last = n + block.count(b"\n"), block[-1:]
+    return n + (last != b"\n")
+
+
 def count_rows(paths: list[str]) -> int | None:
     """Rows in the inputs when that is cheap (Parquet footers, line counts); None for CSV and stdin."""
     total = 0
@@ -207,9 +209,5 @@ def count_rows(paths: list[str]) -> int | None:
 
             total += pq.ParquetFile(p).metadata.num_rows
         else:
-            with open(p, "rb") as fh:  # newline count (for JSONL an upper bound: blank lines are skipped)
-                n, last = 0, b"\n"
-                for block in iter(lambda fh=fh: fh.read(1 << 24), b""):
-                    n, last = n + block.count(b"\n"), block[-1:]
-                total += n + (last != b"\n")
+            total += count_lines(p)  # for JSONL an upper bound: blank lines are skipped
     return total

@@ -35,18 +35,17 @@ def load_model(model: str | Path | None = None) -> Checkpoint:
 def embed_for(ckpt: Checkpoint, model_path: str | Path, texts: list[str], spec: EmbedSpec | None = None, progress=None):
     """Embed texts as the checkpoint expects: its backbone and layers, after checking they fit together.
 
-    With `backend="auto"`, a checkpoint trained on int8 vectors gets int8 again; any other gets this
-    machine's default (fp32-exact on every CPU).
+    The backend: `devices.checkpoint_backend` (with `auto`, a checkpoint trained on int8 vectors gets int8 again).
     """
     from dataclasses import replace
 
     from mtl.engine.backbone import resolve_backbone
+    from mtl.engine.devices import checkpoint_backend
     from mtl.engine.embed import encode
 
     spec = spec or EmbedSpec()
     backbone = resolve_backbone(ckpt.backbone)
-    backend = "int8" if spec.backend == "auto" and ckpt.meta.get("backend") == "onnx-int8" else spec.backend
-    spec = replace(spec, backbone=backbone.name, backend=backend, layers=ckpt.layers)
+    spec = replace(spec, backbone=backbone.name, backend=checkpoint_backend(spec.backend, ckpt.meta.get("backend")), layers=ckpt.layers)
     check_compatible(ckpt, model_path, backbone.identity, ckpt.meta.get("embedding_dim"))  # before paying for encoding
     x, stats = encode(texts, spec, progress=progress)
     if len(texts):
@@ -68,37 +67,45 @@ class Predictions:
         best = self.probs[task].argmax(1)
         return [self.tasks[task][b] if k else None for b, k in zip(best, self.ok)]
 
+    def columns(self, sources: bool = True, with_embeddings: bool = False) -> list[str]:
+        """The output columns, in order (rows, CSV, JSONL and Parquet alike): source, text, each task's label and
+        probabilities, the vector, and `error` ("empty text", else missing)."""
+        return [*(["source"] if sources else []), "text", *(c for t in self.tasks for c in (t, f"{t}_probs")),
+                *(["embedding"] if with_embeddings and self.x is not None else []), "error"]
+
     def rows(self, sources: list[str] | None = None, with_embeddings: bool = False) -> list[dict]:
-        """One dict per text (table, CSV and JSONL outputs): labels, rounded probabilities, `error` for an empty text."""
-        labels = {t: self.labels(t) for t in self.tasks}
-        out = []
-        for i, text in enumerate(self.texts):
-            row: dict = {"source": sources[i]} if sources is not None else {}
-            row["text"] = text
-            for task, names in self.tasks.items():
-                row[task] = labels[task][i]
-                row[f"{task}_probs"] = {lab: round(float(p), DECIMALS) for lab, p in zip(names, self.probs[task][i])} if self.ok[i] else None
-            if with_embeddings and self.x is not None:
-                row["embedding"] = [float(v) for v in self.x[i]] if self.ok[i] else None
-            if not self.ok[i]:
-                row["error"] = EMPTY
-            out.append(row)
-        return out
+        """One dict per text (table, CSV and JSONL outputs): labels, rounded probabilities, `error` only for an empty text."""
+        values: dict[str, list] = {"source": sources, "text": self.texts, "error": [None if k else EMPTY for k in self.ok]}
+        for task, names in self.tasks.items():
+            values[task] = self.labels(task)
+            values[f"{task}_probs"] = [{lab: round(float(p), DECIMALS) for lab, p in zip(names, probs)} if k else None
+                                       for probs, k in zip(self.probs[task], self.ok)]
+        if with_embeddings and self.x is not None:
+            values["embedding"] = [[float(v) for v in x] if k else None for x, k in zip(self.x, self.ok)]
+        cols = self.columns(sources is not None, with_embeddings)
+        return [{c: values[c][i] for c in cols if c != "error" or not k} for i, k in enumerate(self.ok)]
 
     def table(self, sources: list[str], with_embeddings: bool = False) -> pa.Table:
         """The same rows as an Arrow table (Parquet shards): probabilities as a struct per task, full precision."""
         import pyarrow as pa
 
-        cols: dict[str, pa.Array] = {"source": pa.array(sources, pa.string()), "text": pa.array(self.texts, pa.string())}
         missing = pa.array(~self.ok)
+        values: dict[str, pa.Array] = {"source": pa.array(sources, pa.string()), "text": pa.array(self.texts, pa.string()),
+                                       "error": pa.array([None if k else EMPTY for k in self.ok], pa.string())}
         for task, names in self.tasks.items():
-            cols[task] = pa.array(self.labels(task), pa.string())
+            values[task] = pa.array(self.labels(task), pa.string())
             fields = [pa.array(self.probs[task][:, j], pa.float32()) for j in range(len(names))]
-            cols[f"{task}_probs"] = pa.StructArray.from_arrays(fields, names=list(names), mask=missing)
+            values[f"{task}_probs"] = pa.StructArray.from_arrays(fields, names=list(names), mask=missing)
         if with_embeddings and self.x is not None:
-            cols["embedding"] = pa.FixedSizeListArray.from_arrays(pa.array(self.x.reshape(-1)), self.x.shape[1], mask=missing)
-        cols["error"] = pa.array([None if k else EMPTY for k in self.ok], pa.string())
-        return pa.table(cols)
+            values["embedding"] = pa.FixedSizeListArray.from_arrays(pa.array(self.x.reshape(-1)), self.x.shape[1], mask=missing)
+        return pa.table({c: values[c] for c in self.columns(True, with_embeddings)})
+
+
+def to_jsonl(rows: list[dict]) -> str:
+    """One JSON object per row (`Predictions.rows`): `mtl predict --format jsonl` and JSONL shards alike."""
+    import json
+
+    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
 
 
 def label(texts: list[str], encode: Callable[[list[str]], np.ndarray], ckpt: Checkpoint | None = None, dim: int = 384) -> Predictions:
@@ -120,10 +127,15 @@ def label(texts: list[str], encode: Callable[[list[str]], np.ndarray], ckpt: Che
     return Predictions(texts, ok, tasks, probs, x)
 
 
+def predictions(texts: list[str], model: str | Path | None = None, spec: EmbedSpec | None = None) -> Predictions:
+    """Label `texts` with a checkpoint (default: saved_models/...), embedded as it was trained."""
+    ckpt = load_model(model)
+    return label(texts, lambda good: embed_for(ckpt, model or paths.CHECKPOINT, good, spec)[0], ckpt)
+
+
 def predict(texts: list[str], model: str | Path | None = None, spec: EmbedSpec | None = None) -> list[dict]:
     """One row per input text, in order: label and probabilities per task (or an error for empty text)."""
-    ckpt = load_model(model)
-    return label(texts, lambda good: embed_for(ckpt, model or paths.CHECKPOINT, good, spec)[0], ckpt).rows()
+    return predictions(texts, model, spec).rows()
 
 
 def evaluate_csv(data: str | Path, model: str | Path | None = None, spec: EmbedSpec | None = None, split: str | None = None) -> dict:

@@ -30,7 +30,7 @@ def test_predict_stdin_csv_and_table(trained, tmp_path):
     r = run_cli("predict", "-", "--model", str(trained["path"]), "--format", "csv", stdin="\n".join(GOOD) + "\n")
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
-    assert lines[0] == "text,topic,topic_probs,sentiment,sentiment_probs" and len(lines) == 3
+    assert lines[0] == "text,topic,topic_probs,sentiment,sentiment_probs,error" and len(lines) == 3
     csv_in = tmp_path / "in.csv"
     csv_in.write_text("id,text\n1,Great goal\n")
     r = run_cli("predict", str(csv_in), "--model", str(trained["path"]))
@@ -232,9 +232,9 @@ def test_help_of_every_command_is_clean():
 
 def test_predict_from_stdin_on_a_cpu_imports_neither_torch_nor_pandas(trained):
     """What keeps `mtl predict` starting in under a second: numpy heads, ONNX encoder, no heavy imports."""
-    from mtl.engine.devices import _maybe_accelerator
+    from mtl.engine.devices import maybe_accelerator
 
-    if _maybe_accelerator():
+    if maybe_accelerator():
         pytest.skip("with a GPU present, `auto` imports torch to use it")
     code = ("import sys; from mtl.cli import main; main(['predict', '-', '--model', sys.argv[1]]); "
             "print('heavy:', sorted(m for m in ('torch', 'pandas', 'sentence_transformers') if m in sys.modules), file=sys.stderr)")

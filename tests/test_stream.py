@@ -219,7 +219,7 @@ def test_csv_text_may_span_lines(tmp_path):
                     [str(d / "good.parquet"), str(d / "broken.parquet")])[2], "broken.parquet: cannot read as Parquet"),
         (lambda d: ((d / "a.jsonl").write_text('{"text": "ok"}\n{"text": oops}\n'), [str(d / "a.jsonl")])[1], "a.jsonl: line 2: not valid JSON"),
         (lambda d: ((d / "a.csv").write_text("body\nx\n"), [str(d / "a.csv")])[1], "a.csv: no 'text' column (columns are: body)"),
-        (lambda d: [str(d)], "is a directory; pass its files or a glob"),
+        (lambda d: [str(d)], "is a directory, expected a file; pass its files or a glob"),
     ],
     ids=["empty-glob", "parquet-without-text", "unreadable-parquet", "one-bad-shard-of-two", "bad-jsonl", "csv-without-text", "directory"],
 )

@@ -20,12 +20,15 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 from mtl.corpus.stream import Engine, Job
-from mtl.engine.devices import CPU_BACKENDS
+from mtl.engine.devices import device_for
+from mtl.engine.embed import EmbedSpec
 from mtl.errors import MTLError
 
+WORKERS = 1  # labelling actors unless --workers says
 IN_FLIGHT_PER_ACTOR = 2  # one chunk labelling, one waiting: the actor never idles and memory stays bounded
 LOCAL_ONLY = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": Ray's one-machine mode (its default on macOS): 127.0.0.1 stays 127.0.0.1
 REACH_TIMEOUT_S = 5  # a cluster that does not accept a TCP connection by then is reported as unreachable
@@ -34,11 +37,10 @@ REACH_TIMEOUT_S = 5  # a cluster that does not accept a TCP connection by then i
 class Labeller:
     """One Ray actor: the encoder and the heads are loaded once, then every chunk goes through them."""
 
-    def __init__(self, ckpt_bytes: bytes | None, settings: dict):
+    def __init__(self, ckpt_bytes: bytes | None, spec: EmbedSpec):
         from mtl.checkpoint import load_checkpoint
-        from mtl.engine.embed import EmbedSpec
 
-        self.spec = EmbedSpec(**settings)
+        self.spec = spec
         self.ckpt = None
         if ckpt_bytes is not None:
             # Workers may not see the driver's files: the checkpoint travels as bytes and is read as safetensors.
@@ -152,25 +154,25 @@ def _host_port(address: str) -> tuple[str, int] | None:
     return (host.strip("[]"), int(port)) if sep and host and port.isdigit() else None
 
 
-def ray_engine(job: Job, device: str = "auto", cache_dir: str | None = None, workers: int = 1, address: str | None = None) -> Engine:
-    """An `Engine` (see `mtl.corpus.stream`) whose chunks are labelled by `workers` Ray actors."""
+def ray_engine(job: Job, spec: EmbedSpec | None = None, workers: int | None = None, address: str | None = None) -> tuple[Engine, str]:
+    """An `Engine` (see `mtl.corpus.stream`) whose chunks are labelled by `workers` Ray actors, and its name.
+
+    `spec` is how the driver would embed; each actor embeds the same way, on the device `devices.device_for` picks on
+    the cluster's resources, with the cache folder made absolute and no cache writes (a corpus is seen once)."""
     if not job.out.is_absolute() and "working_dir_files" in Path.cwd().parts:
         raise MTLError(f"--out {job.out}: under `ray job submit --working-dir`, a relative path lands in Ray's temporary copy "
                        "of that folder; give an absolute path")
+    spec = spec or EmbedSpec()
+    workers = workers or WORKERS
     _, owned = connect(address, workers)
     import ray
 
     try:
-        gpus = ray.cluster_resources().get("GPU", 0)
-        backend = job.backend or "auto"
-        if device == "cuda" and not gpus:
-            raise MTLError("--device cuda: the Ray cluster has no GPU; use --device cpu or auto")
-        use_gpu = gpus > 0 and device in ("auto", "cuda") and backend not in CPU_BACKENDS
-        settings = {"backend": backend, "device": "cuda" if use_gpu else "cpu", "cache_dir": cache_dir and str(Path(cache_dir).resolve()),
-                    "layers": job.layers or "last", "backbone": job.backbone or _default_backbone(), "cache": False}
+        device = device_for(spec.backend, spec.device, cluster_gpus=ray.cluster_resources().get("GPU", 0))
+        actor_spec = replace(spec, device=device, cache_dir=spec.cache_dir and str(Path(spec.cache_dir).resolve()), cache=False)
         ckpt = ray.put(Path(job.model).read_bytes()) if job.model else None  # one copy in the object store, whatever the actors
-        actor = ray.remote(num_cpus=1, num_gpus=1 if use_gpu else 0)(Labeller)
-        pool = [actor.remote(ckpt, settings) for _ in range(workers)]
+        actor = ray.remote(num_cpus=1, num_gpus=1 if device == "cuda" else 0)(Labeller)
+        pool = [actor.remote(ckpt, actor_spec) for _ in range(workers)]
     except BaseException:
         if owned:
             ray.shutdown()
@@ -199,7 +201,7 @@ def ray_engine(job: Job, device: str = "auto", cache_dir: str | None = None, wor
             if owned:
                 ray.shutdown()
 
-    return run
+    return run, f"Ray, {workers} worker{'s' * (workers > 1)}"
 
 
 def _take(ray, pending: dict, load: list[int], progress):
@@ -211,8 +213,3 @@ def _take(ray, pending: dict, load: list[int], progress):
     progress(n)
     return result
 
-
-def _default_backbone() -> str:
-    from mtl.engine.backbone import DEFAULT_BACKBONE
-
-    return DEFAULT_BACKBONE

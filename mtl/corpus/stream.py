@@ -22,8 +22,8 @@ from pathlib import Path
 
 from mtl.atomic import atomic_path, write_text
 from mtl.errors import MTLError
-from mtl.inputs import count_rows, iter_chunks, source_name
-from mtl.predict import Predictions
+from mtl.inputs import count_lines, count_rows, iter_chunks, source_name
+from mtl.predict import Predictions, to_jsonl
 
 CHUNK_SIZE = 10_000  # rows per output shard: ~15 MB of vectors, ~1 min of encoding on 2 CPU cores
 MANIFEST = "_manifest.json"  # leading "_" / ".": pyarrow and Ray skip these when reading OUT as a dataset
@@ -63,11 +63,6 @@ class Job:
         }
 
 
-def to_jsonl(rows: list[dict]) -> str:
-    """One JSON object per row (`Predictions.rows`: probabilities rounded like `mtl predict --format jsonl`)."""
-    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-
-
 def write_shard(path: Path, pred: Predictions, sources: list[str], job: Job) -> None:
     """Write one shard atomically; a full disk or a read-only folder is a one-line error."""
     try:
@@ -97,8 +92,7 @@ def shard_rows(path: Path, fmt: str) -> int | None:
             import pyarrow.parquet as pq
 
             return pq.ParquetFile(path).metadata.num_rows
-        with open(path, "rb") as fh:
-            return sum(block.count(b"\n") for block in iter(lambda: fh.read(1 << 24), b""))
+        return count_lines(path)
     except Exception:  # noqa: BLE001 (any failure to read the shard means: redo it)
         return None
 

@@ -158,13 +158,16 @@ def quiet_transformers() -> None:
 
 
 def sentence_transformer(backbone: Backbone, device: str = "cpu"):
-    """The backbone as a trainable SentenceTransformer (tokenizer + transformer + pooling modules)."""
+    """The backbone as a trainable SentenceTransformer (tokenizer + transformer + pooling modules), reading at most
+    `backbone.max_length` word pieces per text, as the encoders' tokenizer (`tokens.tokenizer`) does."""
     quiet_transformers()
     from sentence_transformers import SentenceTransformer
 
-    return SentenceTransformer(str(backbone.folder), device=device)
+    model = SentenceTransformer(str(backbone.folder), device=device)
+    model.max_seq_length = backbone.max_length
+    return model
 
 
 def tokenize(model, texts: list[str]):
-    """torch: a SentenceTransformer's padded, truncated token tensors for `texts`, on its device."""
-    return model.tokenizer(texts, padding=True, truncation=True, max_length=model.max_seq_length, return_tensors="pt").to(model.device)
+    """torch: a SentenceTransformer's padded token tensors for `texts` (cut at its `max_seq_length`), on its device."""
+    return {k: v.to(model.device) for k, v in model.tokenize(texts).items()}

@@ -86,16 +86,14 @@ class EmbeddingCache:
     def _guard(self, fn, default):
         """Run `fn()`. A damaged file is set aside and `fn` retried on a fresh one; a cache that
         cannot be used (locked for minutes, read-only, disk full) warns once and yields `default`."""
-        try:
-            return fn()
-        except sqlite3.DatabaseError as exc:
-            err = exc
-        if _is_corruption(err):
-            self._set_aside(err)
+        for retry in (False, True):
             try:
                 return fn()
             except sqlite3.DatabaseError as exc:
                 err = exc
+            if retry or not _is_corruption(err):
+                break
+            self._set_aside(err)
         if not isinstance(err, sqlite3.OperationalError):
             raise err
         if not self._write_warned:

@@ -36,28 +36,23 @@ MODES = {"torch": "torch-fp32", "onnx": "onnx-fp32", "bf16": "openvino-bf16", "f
 CPU_BACKENDS = ("onnx", "int8", "bf16")  # onnxruntime / OpenVINO on the CPU, whatever --device says
 
 
-@functools.cache
-def cpu_flags() -> frozenset[str]:
-    """The CPU's feature flags from /proc/cpuinfo (empty where there is none, e.g. macOS)."""
+def _cpuinfo(field: str) -> str | None:
+    """The value of the first `field` line of /proc/cpuinfo (None where there is none, e.g. macOS)."""
     try:
         with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("flags"):
-                    return frozenset(line.split(":", 1)[1].split())
+            return next((line.split(":", 1)[1] for line in fh if line.startswith(field)), None)
     except OSError:
-        pass
-    return frozenset()
+        return None
+
+
+@functools.cache
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags (empty where /proc/cpuinfo has none)."""
+    return frozenset((_cpuinfo("flags") or "").split())
 
 
 def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    return (_cpuinfo("model name") or "").strip() or platform.processor() or platform.machine()
 
 
 def has_bf16() -> bool:
@@ -70,40 +65,70 @@ def has_int8_dot() -> bool:
     return bool(cpu_flags() & {"avx512_vnni", "avx_vnni", "amx_int8"})
 
 
-def _maybe_accelerator() -> bool:
+def maybe_accelerator() -> bool:
     """Cheap check (no torch import) whether cuda or mps could exist here."""
     return sys.platform == "darwin" or os.path.exists("/dev/nvidia0") or os.path.exists("/proc/driver/nvidia")
 
 
-def cuda_available() -> bool:
-    """CUDA usable by torch (checked without importing torch where no NVIDIA driver exists)."""
-    if not _maybe_accelerator():
-        return False
+@functools.cache
+def accelerator() -> str | None:
+    """The accelerator torch can use here, "cuda" or "mps", or None (the one probe; torch is imported only where a
+    driver is seen)."""
+    if not maybe_accelerator():
+        return None
     import torch
 
-    return torch.cuda.is_available()
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return "mps"
+    return None
+
+
+def cuda_available() -> bool:
+    """CUDA usable by torch (checked without importing torch where no NVIDIA driver exists)."""
+    return accelerator() == "cuda"
+
+
+def gpu_name() -> str:
+    """What `mtl info` and the benches say about the GPU."""
+    found = accelerator()
+    if found == "cuda":
+        import torch
+
+        p = torch.cuda.get_device_properties(0)
+        return f"{p.name}, {p.total_memory / 2**30:.0f} GiB, compute capability {p.major}.{p.minor} (CUDA {torch.version.cuda})"
+    if found == "mps":
+        return "Apple GPU (mps)"
+    return "none usable by torch" if maybe_accelerator() else "none (no NVIDIA driver or Apple GPU seen; torch not imported)"
 
 
 def resolve_device(device: str = "auto") -> str:
     """`auto` picks cuda, then mps, then cpu; asking for one that is absent is an error."""
     if device not in DEVICES:
         raise MTLError(f"--device {device!r}: expected one of {', '.join(DEVICES)}")
-    if device == "cpu" or (device == "auto" and not _maybe_accelerator()):
+    if device == "cpu":
         return "cpu"
-    if device in ("auto", "cuda") and cuda_available():
-        return "cuda"
-    import torch
-
-    if device in ("auto", "mps") and getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-        return "mps"
+    found = accelerator()
     if device == "auto":
-        return "cpu"
+        return found or "cpu"
+    if device == found:
+        return device
     raise MTLError(f"--device {device}: not available on this machine; use --device cpu or auto")
 
 
-def device_for(backend: str, device: str) -> str:
-    """The device a backend runs on: ONNX and OpenVINO backends always on the CPU, the rest where `device` resolves."""
-    return "cpu" if backend in CPU_BACKENDS else resolve_device(device)
+def device_for(backend: str, device: str, cluster_gpus: float | None = None) -> str:
+    """The device a backend runs on: ONNX and OpenVINO backends always on the CPU, the rest where `device` resolves.
+
+    `cluster_gpus`: resolve on a Ray cluster with that many GPUs instead of on this machine (`--engine ray`).
+    """
+    if backend in CPU_BACKENDS:
+        return "cpu"
+    if cluster_gpus is None:
+        return resolve_device(device)
+    if device == "cuda" and not cluster_gpus:
+        raise MTLError("--device cuda: the Ray cluster has no GPU; use --device cpu or auto")
+    return "cuda" if cluster_gpus and device in ("auto", "cuda") else "cpu"
 
 
 def auto_backend(device: str) -> tuple[str, str]:
@@ -139,6 +164,12 @@ def fastest_cpu_backend() -> tuple[str, str]:
                         "but keeps only ~95 % of sentiment labels on tweets, so fp32 ONNX is the choice that keeps them")
     return "onnx", ("no bf16, VNNI or AMX (AVX2-class; not measured): OpenVINO bf16 would run fp32 and int8 keeps only ~95 % "
                     "of sentiment labels, so fp32 ONNX is the one to use")
+
+
+def checkpoint_backend(backend: str, trained_mode: str | None) -> str:
+    """The backend that embeds texts for a checkpoint: `auto` gives a checkpoint trained on int8 vectors int8 again (its
+    heads learnt int8's vectors); any other gets this machine's `auto` (fp32-exact on every CPU). An explicit choice wins."""
+    return "int8" if backend == "auto" and trained_mode == MODES["int8"] else backend
 
 
 def resolve_backend(backend: str = "auto", device: str = "cpu") -> str:

@@ -11,26 +11,11 @@ PACKAGES = ("torch", "transformers", "sentence-transformers", "tokenizers", "onn
 CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
 
 
-def _gpu() -> str:
-    from mtl.engine.devices import _maybe_accelerator
-
-    if not _maybe_accelerator():
-        return "none (no NVIDIA driver or Apple GPU seen; torch not imported)"
-    import torch
-
-    if torch.cuda.is_available():
-        p = torch.cuda.get_device_properties(0)
-        return f"{p.name}, {p.total_memory / 2**30:.0f} GiB, compute capability {p.major}.{p.minor} (CUDA {torch.version.cuda})"
-    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-        return "Apple GPU (mps)"
-    return "none usable by torch"
-
-
 def report() -> str:
     """The `mtl info` text."""
     from mtl import __version__, paths
     from mtl.engine.backbone import resolve_backbone
-    from mtl.engine.devices import MODES, auto_backend, cpu_flags, cpu_name, fastest_cpu_backend, resolve_device
+    from mtl.engine.devices import MODES, auto_backend, cpu_flags, cpu_name, fastest_cpu_backend, gpu_name, resolve_device
 
     flags = cpu_flags()
     versions = []
@@ -46,7 +31,7 @@ def report() -> str:
     lines = [
         f"mtl {__version__}, Python {sys.version.split()[0]}, {platform.system()} {platform.machine()}",
         f"CPU: {cpu_name()}, {os.cpu_count()} logical cores; flags: {' '.join(f for f in CPU_FLAGS if f in flags) or 'none of ' + '/'.join(CPU_FLAGS)}",
-        f"GPU: {_gpu()}",
+        f"GPU: {gpu_name()}",
         "packages: " + ", ".join(versions),
         f"backbone: {backbone.name} ({backbone.identity}) at {backbone.folder}",
         f"cache: {paths.CACHE_DIR}",

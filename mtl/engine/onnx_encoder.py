@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mtl.engine.backbone import Backbone, combine_layers, pool_layers, quiet_transformers
-from mtl.engine.tokens import MAX_ROWS, TOKEN_BUDGET, length_batches, padded, tokenizer
+from mtl.engine.backbone import Backbone, pool_layers, quiet_transformers
+from mtl.engine.tokens import encode_batches, tokenizer
 from mtl.progress import log
 
 
@@ -35,12 +35,10 @@ class OnnxEncoder:
         self.dim = int(self.session.get_outputs()[0].shape[-1])
 
     def encode(self, texts: list[str], span: tuple[int, int] | None = None) -> np.ndarray:
-        encs = self.tokenizer.encode_batch(texts)
-        out = np.empty((len(texts), self.dim), dtype=np.float32)
-        for idx in length_batches([len(e.ids) for e in encs], TOKEN_BUDGET["cpu"], MAX_ROWS):
-            ids, mask = padded(encs, idx)
-            out[idx] = combine_layers(self.session.run(None, {"input_ids": ids, "attention_mask": mask})[0], span)
-        return out
+        return encode_batches(self.tokenizer, texts, self.dim, self._layer_means, span)
+
+    def _layer_means(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {"input_ids": ids, "attention_mask": mask})[0]
 
 
 def export_onnx(backbone: Backbone, cache_dir: Path, quantized: bool = False) -> Path:

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mtl.engine.backbone import Backbone, combine_layers
-from mtl.engine.tokens import MAX_ROWS, TOKEN_BUDGET, length_batches, padded, tokenizer
+from mtl.engine.backbone import Backbone
+from mtl.engine.tokens import encode_batches, tokenizer
 from mtl.progress import log
 
 # mode -> OpenVINO CPU precision hint (the IR is the same fp32 file for each)
@@ -52,12 +52,10 @@ class OpenVinoEncoder:
         self.dim = int(self.output.get_partial_shape()[-1].get_length())
 
     def encode(self, texts: list[str], span: tuple[int, int] | None = None) -> np.ndarray:
-        encs = self.tokenizer.encode_batch(texts)
-        out = np.empty((len(texts), self.dim), dtype=np.float32)
-        for idx in length_batches([len(e.ids) for e in encs], TOKEN_BUDGET["cpu"], MAX_ROWS):
-            ids, mask = padded(encs, idx)
-            out[idx] = combine_layers(self.request.infer({"input_ids": ids, "attention_mask": mask})[self.output], span)
-        return out
+        return encode_batches(self.tokenizer, texts, self.dim, self._layer_means, span)
+
+    def _layer_means(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        return self.request.infer({"input_ids": ids, "attention_mask": mask})[self.output]
 
 
 def export_openvino(backbone: Backbone, cache_dir: Path) -> Path:

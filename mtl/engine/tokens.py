@@ -13,7 +13,7 @@ import unicodedata
 
 import numpy as np
 
-from mtl.engine.backbone import Backbone
+from mtl.engine.backbone import Backbone, combine_layers
 
 # Tokens per batch (rows x longest row). CPU: batch shape hardly matters to onnxruntime here (1,200
 # tweets, same run: 1024 tokens 171-187 sentences/s, 32 rows 172-187), while bigger budgets raised its
@@ -88,6 +88,16 @@ def length_batches(lengths, token_budget: int | None = None, max_rows: int | Non
         batches.append(order[start:end])
         start = end
     return batches
+
+
+def encode_batches(tok, texts: list[str], dim: int, layer_means, span: tuple[int, int] | None) -> np.ndarray:
+    """The CPU encoders' loop (ONNX, OpenVINO): tokenise, cut `length_batches` by the CPU token budget, run
+    `layer_means(ids, mask)` (the network: (batch, layers+1, dim) pooled states) on each and combine `span`'s layers."""
+    encs = tok.encode_batch(texts)
+    out = np.empty((len(texts), dim), dtype=np.float32)
+    for idx in length_batches([len(e.ids) for e in encs], TOKEN_BUDGET["cpu"], MAX_ROWS):
+        out[idx] = combine_layers(layer_means(*padded(encs, idx)), span)
+    return out
 
 
 def padded(encs, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

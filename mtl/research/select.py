@@ -14,9 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from mtl.config import Recipe, TrainConfig
+from mtl.config import FOLDS, Recipe, TrainConfig
 from mtl.data import Encoded, load_encoded
 from mtl.engine.embed import EmbedSpec
+from mtl.errors import MTLError
 from mtl.prior import prototypes
 from mtl.tasks import DEFAULT_TASKS, Tasks
 
@@ -55,19 +56,20 @@ def folds_of(pool: Encoded, folds: int, seed: int, task: str | None = None, by_d
 
 
 def score_rows(state: dict, x: np.ndarray, y: dict[str, np.ndarray], sources: np.ndarray, tasks: Tasks, scored: list[str], metric: str,
-               per_source: bool) -> dict[str, float]:
-    """`metric` of heads `state` on rows `x`/`y`, per task (pooled) or per source/task ("<source>:<task>")."""
+               per_source: bool, target: str | None = None) -> dict[str, float]:
+    """`metric` of heads `state` on rows `x`/`y`, per task (pooled) or per source/task ("<source>:<task>"); with `target`
+    (a source name), only that source's rows are scored."""
     from mtl.evaluate import metric as metric_of
     from mtl.heads import predict_proba
 
     probs = predict_proba(state, tasks, x)
-    groups = {s: sources == s for s in dict.fromkeys(sources)} if per_source else {"": np.ones(len(x), bool)}
+    groups = {s: sources == s for s in dict.fromkeys(sources) if target in (None, s)} if per_source or target else {"": np.ones(len(x), bool)}
     out = {}
     for name, sel in groups.items():
         for t in scored:
             keep = sel & (y[t] >= 0)
             if keep.any():
-                out[f"{name}:{t}" if per_source else t] = metric_of(metric, y[t][keep], probs[t][keep].argmax(1), len(tasks[t]))
+                out[f"{name}:{t}" if per_source or target else t] = metric_of(metric, y[t][keep], probs[t][keep].argmax(1), len(tasks[t]))
     return out
 
 
@@ -82,8 +84,8 @@ def fold_score(scores: dict[str, float], per_source: bool) -> float:
 
 
 def cv_select(recipes: list[Recipe], rows_for: Callable[[str], tuple[Encoded, Encoded]], task: str | None, metric: str = "macro_recall",
-              folds: int = 5, seed: int = 0, tasks: Tasks = DEFAULT_TASKS, by_domain: bool = False,
-              prior_for: Callable[[str], dict] | None = None, per_source: bool = False, jobs: int | None = None):
+              folds: int = FOLDS, seed: int = 0, tasks: Tasks = DEFAULT_TASKS, by_domain: bool = False,
+              prior_for: Callable[[str], dict] | None = None, per_source: bool = False, jobs: int | None = None, target: str | None = None):
     """Pick among recipes by cross-validation; returns (table of mean/sd per recipe, index of the best, the best recipe).
 
     `rows_for(layers)` returns (base, pool) `Encoded` rows: the folds split `pool`; `base` rows are always in
@@ -91,7 +93,8 @@ def cv_select(recipes: list[Recipe], rows_for: Callable[[str], tuple[Encoded, En
     averaged over tasks, or with `per_source` over sources first (each source's mean over its tasks), so a big
     source cannot outvote a small one. `by_domain`: leave one domain out instead of k-fold (`pool`'s `domain`).
     `prior_for(layers)`: label-description vectors for recipes with `prior="descriptions"`. `jobs`: worker
-    processes for the fold trainings (default: one per core, `research.jobs`).
+    processes for the fold trainings (default: one per core, `research.jobs`). `target` (a source name): every fold
+    still trains on every source, but only that source's held-out rows are scored.
     """
     import pandas as pd
 
@@ -106,18 +109,18 @@ def cv_select(recipes: list[Recipe], rows_for: Callable[[str], tuple[Encoded, En
             work.append((i, recipe, base, pool, fit, hold, prior))
     # the rows travel as arrays (joblib memory-maps the big ones once), the folds as indices
     results = parallel(lambda w: (w[0], _fit_and_score(w[1], _arrays(w[2]), _arrays(w[3]), w[4], w[5], w[6], tasks, scored, metric,
-                                                       per_source)), work, jobs)
+                                                       per_source, target)), work, jobs)
     rows = []
     for i, recipe in enumerate(recipes):
         cfg = recipe.train
         folds_done = [fold for j, fold in results if j == i]
         parts = {key: [f[key] for f in folds_done if key in f] for key in dict.fromkeys(k for f in folds_done for k in f)}
-        scores = [fold_score(f, per_source) for f in folds_done]
+        scores = [fold_score(f, per_source or target is not None) for f in folds_done]
         rows.append({"candidate": i, "layers": recipe.layers, "hidden": cfg.hidden, "share": cfg.share, "trunk_hidden": cfg.trunk_width,
                      "dropout": cfg.dropout, "lr": cfg.lr, "epochs": cfg.epochs, "balance": cfg.balance, "mix": cfg.mix,
                      "weight_decay": cfg.weight_decay, "prior": cfg.prior,
                      f"cv_{metric}_mean": float(np.mean(scores)), f"cv_{metric}_sd": float(np.std(scores, ddof=1)),
-                     **({f"cv_{key}_{metric}": float(np.mean(v)) for key, v in parts.items()} if task is None else {})})
+                     **({f"cv_{key}_{metric}": float(np.mean(v)) for key, v in parts.items()} if task is None or target else {})})
     table = pd.DataFrame(rows).set_index("candidate")
     best = int(table[f"cv_{metric}_mean"].idxmax())
     return table, best, recipes[best]
@@ -128,7 +131,7 @@ def _arrays(rows: Encoded) -> tuple:
 
 
 def _fit_and_score(recipe: Recipe, base: tuple, pool: tuple, fit: np.ndarray, hold: np.ndarray, prior, tasks: Tasks, scored: list[str],
-                   metric: str, per_source: bool) -> dict[str, float]:
+                   metric: str, per_source: bool, target: str | None = None) -> dict[str, float]:
     """Train one fold's heads on base + pool[fit] and score pool[hold] (what each worker does)."""
     from mtl.heads import state_to_numpy
     from mtl.train import train
@@ -137,7 +140,7 @@ def _fit_and_score(recipe: Recipe, base: tuple, pool: tuple, fit: np.ndarray, ho
     x, src = np.concatenate([bx, px[fit]]), np.concatenate([bs, ps[fit]])
     y = {t: np.concatenate([by[t], py[t][fit]]) for t in tasks}
     heads, _, _ = train(x, y, tasks, recipe.train, prior=prior, sources=src)
-    return score_rows(state_to_numpy(heads), px[hold], {t: py[t][hold] for t in tasks}, ps[hold], tasks, scored, metric, per_source)
+    return score_rows(state_to_numpy(heads), px[hold], {t: py[t][hold] for t in tasks}, ps[hold], tasks, scored, metric, per_source, target)
 
 
 def all_in_folds(rows: Encoded) -> tuple[Encoded, Encoded]:
@@ -152,15 +155,29 @@ def train_rows(files: list[str | Path], tasks: Tasks, spec: EmbedSpec) -> Encode
     return load_encoded([Path(p) for p in files], tasks, spec, verbose=False, warn_duplicates=False)[0].split()[0]
 
 
-def tune(data: list[str | Path], tasks: Tasks = DEFAULT_TASKS, spec: EmbedSpec | None = None, folds: int = 5, seed: int = 0,
-         grid: list[Recipe] | None = None, metric: str = "macro_recall", device: str = "auto"):
+def target_source(data: list[str | Path], target: str | Path) -> str:
+    """The source name (`Encoded.sources`: the file name) of `target`, which must be one of the `data` files."""
+    same = [Path(p) for p in data if Path(p).resolve() == Path(target).resolve()]
+    if not same:
+        raise MTLError(f"--target {target}: not one of the --data files ({', '.join(str(p) for p in data)})")
+    if sum(Path(p).name == same[0].name for p in data) > 1:
+        raise MTLError(f"--target {target}: several --data files are named {same[0].name}; rename one")
+    return same[0].name
+
+
+def tune(data: list[str | Path], tasks: Tasks = DEFAULT_TASKS, spec: EmbedSpec | None = None, folds: int = FOLDS, seed: int = 0,
+         grid: list[Recipe] | None = None, metric: str = "macro_recall", device: str = "auto", target: str | Path | None = None):
     """`mtl train --tune`: choose a Recipe by k-fold CV on the **train rows of `data`** only, scoring `metric`
     per source and task (every source counts the same, as for the defaults). The grid (`candidates`) covers
     layers, heads, weight decay, sharing and, with several files, the source mix.
 
+    `target` (`--tune --target FILE`, one of `data`): the folds still train on every file, but only that file's
+    held-out rows are scored, for a user who cares about one domain.
+
     Returns (CV table, index of the chosen candidate, the chosen Recipe).
     """
     spec = spec or EmbedSpec()
+    scored_source = target_source(data, target) if target is not None else None
     mixes = MIXES if len(data) > 1 else ("rows",)
 
     @functools.cache  # each layer choice is loaded and encoded (or read from the cache) once
@@ -168,4 +185,5 @@ def tune(data: list[str | Path], tasks: Tasks = DEFAULT_TASKS, spec: EmbedSpec |
         return all_in_folds(train_rows(data, tasks, replace(spec, layers=layers)))
 
     return cv_select(grid or candidates(seed=seed, mixes=mixes, device=device), rows_for, None, metric, folds, seed, tasks,
-                     prior_for=functools.cache(lambda layers: prototypes(tasks, replace(spec, layers=layers))), per_source=True)
+                     prior_for=functools.cache(lambda layers: prototypes(tasks, replace(spec, layers=layers))), per_source=True,
+                     target=scored_source)
