@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import SENTENCES, cuda_available, linked_cache, run_cli
+from conftest import SENTENCES, cuda_available, linked_cache, mtl_main, run_cli
 from helpers import FP32_EXACT
 
 from mtl.engine.backbone import resolve_backbone
@@ -15,11 +15,13 @@ from mtl.engine.tokens import length_batches
 from mtl.errors import MTLError
 
 SENTENCES = [*SENTENCES, "love it 😍 what a goal!!"]  # an emoji too: it reaches the backbone spelled out
-# min cosine to SentenceTransformer.encode in fp32, per mode (int8 is judged on the mean).
-# openvino-bf16: over the 2,000 TweetEval val tweets its min cosine to fp32 was 0.99997 (mean 0.999986) on AMX,
-# so 0.9995 leaves 15x room on 1 - cos and still fails a broken bf16 path (int8 weights alone reach 0.9987);
-# on CPUs without bf16 OpenVINO runs fp32 and the bar is met trivially.
-TOLERANCE = {"torch-fp32": 0.9999, "onnx-fp32": 0.9999, "torch-fp16": 0.999, "openvino-bf16": 0.9995, "onnx-int8": 0.97}
+# (min, mean) cosine to SentenceTransformer.encode in fp32 over SENTENCES, per mode.
+# openvino-bf16: over the 2,000 TweetEval val tweets its min cosine to fp32 was 0.99997 (mean 0.999986) on AMX, here
+# 0.99998 / 0.99999 (AMD EPYC, avx512_bf16), so 0.9995 leaves 15x room on 1 - cos and still fails a broken bf16 path
+# (int8 weights alone reach 0.9987). On CPUs without bf16 instructions OpenVINO runs fp32: then it must be fp32-exact.
+# onnx-int8 measured 0.9868 / 0.9915 here: the bars leave ~50 % room on 1 - cos (they were a mean of 0.97).
+TOLERANCE = {"torch-fp32": (0.9999, 0.9999), "onnx-fp32": (0.9999, 0.9999), "torch-fp16": (0.999, 0.999), "openvino-bf16": (0.9995, 0.9999),
+             "onnx-int8": (0.98, 0.988)}
 
 
 def runnable_backends() -> list[str]:
@@ -40,12 +42,19 @@ def reference():
 
 @pytest.mark.parametrize("backend", [b if b in ("onnx", "torch") else pytest.param(b, marks=pytest.mark.slow) for b in runnable_backends()])
 def test_every_backend_matches_sentence_transformers(reference, backend, tmp_path):
-    x, stats = encode(SENTENCES, EmbedSpec(backend=backend, cache_dir=tmp_path))
+    x, stats = encode(SENTENCES, EmbedSpec(backend=backend, cache_dir=linked_cache(tmp_path / "cache", openvino=True)))
     assert stats.mode == MODES[backend] and stats.encoded == len(SENTENCES)
     cos = (x * reference).sum(1)
-    score = cos.mean() if backend == "int8" else cos.min()
-    assert score >= TOLERANCE[stats.mode], cos
+    least, mean = TOLERANCE[stats.mode]
+    assert cos.min() >= least and cos.mean() >= mean, cos
     np.testing.assert_allclose(np.linalg.norm(x, axis=1), 1, atol=1e-3)
+    if backend == "bf16":
+        from mtl.engine.devices import has_bf16
+
+        if has_bf16():  # bf16 really ran: not the fp32 vectors
+            assert np.abs(x - reference).max() > 1e-4, np.abs(x - reference).max()
+        else:  # OpenVINO ran fp32: then the vectors are fp32's
+            assert cos.min() >= 0.99999, cos
 
 
 def test_default_is_fp32_exact_on_every_cpu(monkeypatch):
@@ -108,7 +117,7 @@ def test_the_torch_pipeline_keeps_input_order_across_windows(tmp_path, monkeypat
     monkeypatch.setattr("mtl.engine.torch_encoder.WINDOW", 4)
     texts = [f"{'very ' * (i % 7)}short sentence number {i}" for i in range(23)]
     x, _ = encode(texts, EmbedSpec(backend="torch", device="cpu", cache_dir=tmp_path))
-    y, _ = encode(texts, EmbedSpec(backend="onnx", cache_dir=tmp_path))
+    y, _ = encode(texts, EmbedSpec(backend="onnx", cache_dir=linked_cache(tmp_path / "onnx-cache")))
     assert (x * y).sum(1).min() >= 0.9999
 
 
@@ -136,7 +145,7 @@ def test_bf16_says_which_precision_runs(tmp_path):
     from mtl.engine.devices import has_bf16
     from mtl.engine.openvino_encoder import OpenVinoEncoder
 
-    cache = linked_cache(tmp_path / "cache")
+    cache = linked_cache(tmp_path / "cache", openvino=True)
     assert OpenVinoEncoder(resolve_backbone(), "openvino-bf16", cache).precision == ("bf16" if has_bf16() else "f32")
 
 
@@ -153,7 +162,7 @@ def test_the_default_cpu_path_does_not_import_openvino(cache_dir):
 
 
 def test_info_names_the_cpu_and_the_backend_auto_picks():
-    r = run_cli("info")
+    r = mtl_main("info")
     assert r.returncode == 0, r.stderr
     assert "backend auto -> " in r.stdout and "CPU:" in r.stdout and "onnxruntime" in r.stdout
 

@@ -113,16 +113,16 @@ def test_changing_a_name_keeps_labels_and_flipping_sentiment_changes_it(trained)
 
 
 @pytest.mark.slow
-def test_layer_average_is_the_same_on_both_backends_and_differs_from_last(tmp_path):
-    ref, stats = encode(SENTENCES, EmbedSpec(backend="torch", cache_dir=tmp_path, layers="4-6"))
-    fast, fstats = encode(SENTENCES, EmbedSpec(backend="onnx", cache_dir=tmp_path, layers="4-6"))
-    last, lstats = encode(SENTENCES, EmbedSpec(backend="onnx", cache_dir=tmp_path))
+def test_layer_average_is_the_same_on_both_backends_and_differs_from_last(cache_dir):
+    ref, stats = encode(SENTENCES, EmbedSpec(backend="torch", cache_dir=cache_dir, layers="4-6"))
+    fast, fstats = encode(SENTENCES, EmbedSpec(backend="onnx", cache_dir=cache_dir, layers="4-6"))
+    last, lstats = encode(SENTENCES, EmbedSpec(backend="onnx", cache_dir=cache_dir))
     assert (stats.layers, fstats.layers, lstats.layers) == ("4-6", "4-6", "last")
     assert lstats.encoded == len(SENTENCES)  # layer choices never share cache entries
     assert (ref * fast).sum(1).min() >= 0.9999
     np.testing.assert_allclose(np.linalg.norm(fast, axis=1), 1, atol=1e-5)
     assert (fast * last).sum(1).max() < 0.95
-    same, sstats = encode(SENTENCES, EmbedSpec(backend="onnx", cache_dir=tmp_path, layers="6"))  # layer 6 alone is the standard embedding
+    same, sstats = encode(SENTENCES, EmbedSpec(backend="onnx", cache_dir=cache_dir, layers="6"))  # layer 6 alone is the standard embedding
     assert sstats.layers == "last" and sstats.encoded == 0
 
 
@@ -165,14 +165,14 @@ def test_plain_text_reaches_the_backbone_unchanged():
     assert backbone_text(text) is text
 
 
-def test_emoji_now_move_the_embedding(tmp_path):
+def test_emoji_now_move_the_embedding(cache_dir):
     """Before spelling them out, "so sad 😢" and "so sad 🎉" both read "so sad [UNK]"."""
-    x, _ = encode(["what a day 😢", "what a day 🎉"], EmbedSpec(cache_dir=tmp_path))
+    x, _ = encode(["what a day 😢", "what a day 🎉"], EmbedSpec(cache_dir=cache_dir))
     assert float(x[0] @ x[1]) < 0.95
 
 
-def test_cache_encodes_only_new_texts(tmp_path):
-    spec = EmbedSpec(cache_dir=tmp_path)  # whatever `auto` (or $MTL_BACKEND) is on this machine
+def test_cache_encodes_only_new_texts(cache_dir):
+    spec = EmbedSpec(cache_dir=cache_dir)  # whatever `auto` (or $MTL_BACKEND) is on this machine
     _, first = encode(SENTENCES[:3], spec)
     x, second = encode(SENTENCES + SENTENCES[:1], spec)
     assert (first.encoded, first.cached) == (3, 0)
@@ -182,10 +182,10 @@ def test_cache_encodes_only_new_texts(tmp_path):
     np.testing.assert_allclose(np.linalg.norm(x, axis=1), 1.0, atol=1e-3)
 
 
-def test_corrupt_cache_file_is_detected_and_re_encoded(tmp_path):
-    spec = EmbedSpec(cache_dir=tmp_path)
+def test_corrupt_cache_file_is_detected_and_re_encoded(cache_dir):
+    spec = EmbedSpec(cache_dir=cache_dir)
     x, _ = encode(SENTENCES, spec)
-    db = next((tmp_path / "embeddings").rglob("cache.sqlite"))
+    db = next((cache_dir / "embeddings").rglob("cache.sqlite"))
     data = bytearray(db.read_bytes())
     data[:16] = b"not a database!!"  # the SQLite header: the whole file is unreadable
     db.write_bytes(bytes(data))
@@ -228,6 +228,11 @@ def test_finetune_trains_only_the_top_layers_and_pools_like_the_frozen_path(tmp_
     with torch.no_grad():
         same = torch_embedding(fresh, list(df["text"][:5]), (4, 6)).numpy()
     assert (same * x[:5]).sum(1).min() >= 0.9999  # fine-tuning starts from exactly the frozen features
+    from mtl.engine.backbone import tokenize
+    from mtl.engine.tokens import tokenizer
+
+    long = "word " * 400  # both tokenisers cut at the backbone's maximum length (Backbone.max_length, its one home)
+    assert tokenize(fresh, [long])["input_ids"].shape[1] == len(tokenizer(backbone).encode(long).ids) == backbone.max_length == 256
 
     seen = []  # on_epoch runs after each epoch, in eval mode (CV scores every epoch count from one run)
     prefix = Prefix(backbone, 1, "4-6", "cpu")

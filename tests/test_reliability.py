@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import ROOT, run_cli
+from conftest import ROOT, linked_cache, mtl_main
 
 from mtl.checkpoint import load_checkpoint
 from mtl.engine.embed import EmbedSpec, encode
@@ -64,38 +64,36 @@ def test_crafted_pickle_checkpoint_does_not_execute(tmp_path):
     evil_st = tmp_path / "evil.safetensors"
     evil_st.write_bytes(pickle.dumps(Payload()))
     for path in (evil, evil_st):
-        r = run_cli("predict", "--model", str(path), stdin="hello\n")
-        assert r.returncode != 0 and "not an mtl checkpoint" in r.stderr
+        r = mtl_main("predict", "--model", str(path), stdin="hello\n")
+        assert r.returncode == 2 and "not an mtl checkpoint" in r.stderr
     assert not canary.exists()
 
 
 @pytest.mark.slow
 def test_two_processes_encoding_into_one_cache(tmp_path):
     texts = [f"Sentence {i} about the election and the cup final." for i in range(300)]
+    cache = linked_cache(tmp_path / "shared")  # the children find the ONNX export there and only encode
     code = textwrap.dedent(
         f"""
         import sys
         from mtl.engine.embed import EmbedSpec, encode
         texts = {texts!r}
         part = texts[int(sys.argv[1])::2] + texts[:150]
-        encode(part, EmbedSpec(backend="onnx", cache_dir={str(tmp_path)!r}))
+        encode(part, EmbedSpec(backend="onnx", cache_dir={str(cache)!r}))
         """
     )
-    from mtl.engine.backbone import resolve_backbone
-    from mtl.engine.onnx_encoder import export_onnx
-
-    export_onnx(resolve_backbone(), tmp_path)  # the children find the export in the shared cache and only encode
-    procs = [subprocess.Popen([sys.executable, "-c", code, str(i)], cwd=ROOT, env={**os.environ, "MTL_CACHE_DIR": str(tmp_path)}) for i in (0, 1)]
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(i)], cwd=ROOT) for i in (0, 1)]
     assert [p.wait(timeout=300) for p in procs] == [0, 0]
-    x, stats = encode(texts, EmbedSpec(backend="onnx", cache_dir=tmp_path))
+    x, stats = encode(texts, EmbedSpec(backend="onnx", cache_dir=cache))
     assert stats.encoded == 0 and stats.cached == len(texts)
-    ref, _ = encode(texts[:20], EmbedSpec(backend="onnx", cache_dir=tmp_path / "fresh"))
+    ref, fresh = encode(texts[:20], EmbedSpec(backend="onnx", cache_dir=linked_cache(tmp_path / "fresh")))
+    assert fresh.encoded == 20
     np.testing.assert_allclose(x[:20], ref, atol=1e-5)
 
 
 @pytest.mark.slow
 def test_papermill_parameter_of_the_wrong_type_is_one_line(tmp_path):
-    r = run_cli("notebooks", "--only", "03", "-p", "epochs", "ten", "--out", str(tmp_path), timeout=600)
-    assert r.returncode != 0
+    r = mtl_main("notebooks", "--only", "03", "-p", "epochs", "ten", "--out", str(tmp_path))
+    assert r.returncode == 2
     assert "parameter epochs: expected a positive integer, got 'ten'" in r.stderr
     assert "Traceback" not in r.stderr

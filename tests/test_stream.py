@@ -17,10 +17,10 @@ import numpy as np
 import pyarrow as pa  # a hard dependency: a failed import must fail the suite, not skip it
 import pyarrow.parquet as pq
 import pytest
-from conftest import ROOT, run_cli
+from conftest import ROOT, linked_cache, mtl_main
 from helpers import load_all
 
-from mtl import inputs, paths
+from mtl import inputs
 from mtl.corpus import stream
 from mtl.engine.cache import EmbeddingCache
 
@@ -166,11 +166,11 @@ def test_cache_info_and_prune_commands(tmp_path):
     cache = EmbeddingCache(tmp_path, "backbone", "mode")
     keys, x = vectors(300)
     cache.put(keys, x)
-    r = run_cli("cache", "info", "--cache-dir", str(tmp_path))
+    r = mtl_main("cache", "info", "--cache-dir", str(tmp_path))
     assert r.returncode == 0 and "backbone/mode: 300 entries" in r.stdout
-    r = run_cli("cache", "prune", "--max-entries", "120", "--cache-dir", str(tmp_path))
+    r = mtl_main("cache", "prune", "--max-entries", "120", "--cache-dir", str(tmp_path))
     assert r.returncode == 0 and "removed 180 of 300 entries" in r.stdout and "120 entries" in r.stdout
-    r = run_cli("cache", "prune", "--cache-dir", str(tmp_path))
+    r = mtl_main("cache", "prune", "--cache-dir", str(tmp_path))
     assert r.returncode == 2 and "give --max-entries" in r.stderr
 
 
@@ -209,6 +209,11 @@ def test_csv_text_may_span_lines(tmp_path):
     assert [t for b in inputs.read_texts(str(path)) for t in b] == ["two\nlines", "plain"]
 
 
+def _png(d: Path) -> list[str]:
+    (d / "photo.txt").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)))  # a binary file named .txt
+    return [str(d / "photo.txt")]
+
+
 @pytest.mark.parametrize(
     "setup, expected",
     [
@@ -217,21 +222,32 @@ def test_csv_text_may_span_lines(tmp_path):
         (lambda d: ((d / "bad.parquet").write_bytes(b"PAR1 not really"), [str(d / "bad.parquet")])[1], "bad.parquet: cannot read as Parquet"),
         (lambda d: (pq.write_table(pa.table({"text": ["ok"]}), d / "good.parquet"), (d / "broken.parquet").write_bytes(b"\0" * 64),
                     [str(d / "good.parquet"), str(d / "broken.parquet")])[2], "broken.parquet: cannot read as Parquet"),
+        (lambda d: (pq.write_table(pa.table({"text": [1, 2]}), d / "ints.parquet"), [str(d / "ints.parquet")])[1],
+         "ints.parquet: column 'text' holds int64, expected strings"),
         (lambda d: ((d / "a.jsonl").write_text('{"text": "ok"}\n{"text": oops}\n'), [str(d / "a.jsonl")])[1], "a.jsonl: line 2: not valid JSON"),
+        (lambda d: ((d / "n.jsonl").write_text('{"text": "ok"}\n\n{"text": 42}\n'), [str(d / "n.jsonl")])[1],
+         "n.jsonl: line 3: 'text' is int, expected a string"),
         (lambda d: ((d / "a.csv").write_text("body\nx\n"), [str(d / "a.csv")])[1], "a.csv: no 'text' column (columns are: body)"),
+        (_png, "photo.txt: line 1 is not valid UTF-8 (byte 0x89); save the file as UTF-8"),
         (lambda d: [str(d)], "is a directory, expected a file; pass its files or a glob"),
     ],
-    ids=["empty-glob", "parquet-without-text", "unreadable-parquet", "one-bad-shard-of-two", "bad-jsonl", "csv-without-text", "directory"],
+    ids=["empty-glob", "parquet-without-text", "unreadable-parquet", "one-bad-shard-of-two", "parquet-int-text", "bad-jsonl",
+         "jsonl-number-text", "csv-without-text", "binary-txt", "directory"],
 )
-def test_bad_corpus_input_is_one_line(tmp_path, trained, setup, expected):
+@pytest.mark.parametrize("out", [True, False], ids=["corpus", "small"])
+def test_bad_corpus_input_is_one_line(tmp_path, trained, setup, expected, out):
     inputs = setup(tmp_path)
-    out = tmp_path / "out"
-    r = run_cli("predict", *inputs, "--out", str(out), "--model", str(trained["path"]))
+    r = mtl_main("predict", *inputs, *(["--out", str(tmp_path / "out")] if out else []), "--model", str(trained["path"]))
     assert r.returncode == 2, r.stderr
     *before, last = [line for line in r.stderr.splitlines() if line.strip()]
     assert expected in last and last.startswith("mtl predict: error: "), r.stderr
     assert all(line.startswith("predict:") for line in before), r.stderr  # at most the progress bar (a bad row deep in a file)
-    assert not list(out.glob("part-*"))  # checked before any work
+    assert not list((tmp_path / "out").glob("part-*")) and not r.stdout  # checked before any work
+
+
+def test_empty_stdin_is_one_line(trained):
+    r = mtl_main("predict", "-", "--model", str(trained["path"]), stdin="")
+    assert r.returncode == 2 and r.stderr == "mtl predict: error: <stdin>: no text to label (empty input)\n" and not r.stdout, r.stderr
 
 
 def test_a_full_disk_under_out_is_one_line(tmp_path, trained, cache_dir):
@@ -260,17 +276,19 @@ def test_streaming_predict_gives_the_rows_of_the_small_path(tmp_path, trained, c
     texts = short_texts(60, "same") + ["", "Le match était superbe 😍"]
     src = tmp_path / "in.txt"
     src.write_text("\n".join(texts) + "\n")
-    small = run_cli("predict", str(src), "--format", "jsonl", "--model", str(trained["path"]), "--cache-dir", str(cache_dir))
+    common = ["--model", str(trained["path"]), "--cache-dir", str(cache_dir)]
+    small = mtl_main("predict", str(src), "--format", "jsonl", *common)
     assert small.returncode == 0, small.stderr
-    r = run_cli("predict", str(src), "--format", "jsonl", "--out", str(tmp_path / "j"), "--chunk-size", "25", "--model", str(trained["path"]), "--cache-dir", str(cache_dir))
+    r = mtl_main("predict", str(src), "--format", "jsonl", "--out", str(tmp_path / "j"), "--chunk-size", "25", *common)
     assert r.returncode == 0, r.stderr
     want = [json.loads(line) for line in small.stdout.splitlines()]
     got = read_out(tmp_path / "j")
     assert len(sorted((tmp_path / "j").glob("part-*.jsonl"))) == 3
     assert [{k: v for k, v in row.items() if k != "source"} for row in got] == want  # same dicts, probabilities rounded alike
-    r = run_cli("predict", str(src), "--out", str(tmp_path / "p"), "--chunk-size", "25", "--with-embeddings", "--model", str(trained["path"]), "--cache-dir", str(cache_dir))
+    r = mtl_main("predict", str(src), "--out", str(tmp_path / "p"), "--chunk-size", "25", "--with-embeddings", *common)
     assert r.returncode == 0, r.stderr
     rows = read_out(tmp_path / "p")
+    assert list(rows[0]) == ["source", "text", "topic", "topic_probs", "sentiment", "sentiment_probs", "embedding", "error"]
     assert [r["topic"] for r in rows] == [w["topic"] for w in want]
     assert rows[60]["error"] == "empty text" and rows[60]["embedding"] is None and rows[60]["topic_probs"] is None
     np.testing.assert_allclose([list(r["sentiment_probs"].values()) for r in rows[:3]], [list(w["sentiment_probs"].values()) for w in want[:3]], atol=1e-4)
@@ -283,16 +301,19 @@ def test_embed_writes_the_vectors_encode_gives(tmp_path, cache_dir):
     src = tmp_path / "in.jsonl"
     src.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
     args = ["embed", str(src), "--chunk-size", "16", "--backend", "onnx", "--layers", "4-6", "--cache-dir", str(cache_dir)]
-    r = run_cli(*args, "--out", str(tmp_path / "e"))
+    r = mtl_main(*args, "--out", str(tmp_path / "e"))
     assert r.returncode == 0, r.stderr
     assert not list((cache_dir / "embeddings").rglob("cache.sqlite"))  # a corpus run keeps no vectors by default
-    r = run_cli(*args, "--out", str(tmp_path / "e2"), "--cache")
+    r = mtl_main(*args, "--out", str(tmp_path / "e2"), "--cache")
     assert r.returncode == 0, r.stderr
     got = np.array([row["embedding"] for row in read_out(tmp_path / "e")], dtype=np.float32)
     ref, stats = encode(texts, EmbedSpec(backend="onnx", cache_dir=cache_dir, layers="4-6"))
     assert stats.encoded == 0  # the --cache run filled the cache
     np.testing.assert_array_equal(got, ref)
     np.testing.assert_array_equal(np.array([row["embedding"] for row in read_out(tmp_path / "e2")], dtype=np.float32), ref)
+    small = mtl_main(*args)  # without --out: JSONL on stdout, the same vectors
+    assert small.returncode == 0, small.stderr
+    np.testing.assert_array_equal(np.array([json.loads(line)["embedding"] for line in small.stdout.splitlines()], dtype=np.float32), ref)
 
 
 def test_an_interrupted_run_resumes_without_losing_or_repeating_rows(tmp_path, trained, cache_dir, monkeypatch):
@@ -336,26 +357,76 @@ def test_two_runs_into_one_folder_are_refused(tmp_path, trained):
     out = tmp_path / "out"
     out.mkdir()
     with FileLock(str(out / ".lock")):  # as a running `mtl predict --out out` holds it
-        r = run_cli("predict", str(src), "--out", str(out), "--model", str(trained["path"]))
+        r = mtl_main("predict", str(src), "--out", str(out), "--model", str(trained["path"]))
     assert r.returncode == 2 and "another mtl run is writing here" in r.stderr
 
 
-# -- corpus scale (slow: 20,000 rows) ---------------------------------------------------------------------
-N_BIG = 20_000
+def test_a_rerun_resumes_only_the_same_run_and_redoes_only_unreadable_shards(tmp_path, trained, cache_dir):
+    """What a rerun into an existing --out does: nothing when complete; refuses another input, model or setting, an
+    unreadable manifest and a folder that is not an mtl output; redoes exactly the shards it cannot read."""
+    from mtl.checkpoint import load_checkpoint, save_checkpoint
+
+    texts = short_texts(30, "rerun")
+    src = tmp_path / "in.txt"
+    src.write_text("\n".join(texts) + "\n")
+    out = tmp_path / "out"
+    args = ["predict", str(src), "--out", str(out), "--chunk-size", "10", "--model", str(trained["path"]), "--cache-dir", str(cache_dir)]
+    assert mtl_main(*args).returncode == 0
+    shards = {p.name: p.stat().st_mtime_ns for p in out.glob("part-*")}
+    assert len(shards) == 3
+
+    r = mtl_main(*args)
+    assert r.returncode == 0 and f"{out}: already complete (30 rows); nothing to do" in r.stderr, r.stderr
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("part-*")} == shards
+
+    ckpt = load_checkpoint(trained["path"])
+    other = tmp_path / "other.safetensors"  # the same heads, other bytes: another model as far as a rerun can tell
+    save_checkpoint(other, ckpt.state, {**{k: v for k, v in ckpt.meta.items() if k != "format"}, "note": "retrained"})
+    refusals = {"model": [*args[:-4], "--model", str(other), *args[-2:]], "chunk_size": [*args[:4], "--chunk-size", "15", *args[6:]]}
+    for what, argv in refusals.items():
+        r = mtl_main(*argv)
+        assert r.returncode == 2 and f"{out}: holds a different run (differs in {what})" in r.stderr, (what, r.stderr)
+
+    manifest = json.loads((out / stream.MANIFEST).read_text())
+    (out / "part-00000001.parquet").write_bytes(b"PAR1 cut short")  # e.g. a copy that was interrupted
+    (out / stream.MANIFEST).write_text(json.dumps({k: v for k, v in manifest.items() if k != "complete"}))
+    r = mtl_main(*args)
+    assert r.returncode == 0 and "(2 finished shards kept from an earlier run)" in r.stderr, r.stderr
+    now = {p.name: p.stat().st_mtime_ns for p in out.glob("part-*")}
+    assert [n for n in now if now[n] != shards[n]] == ["part-00000001.parquet"]
+    assert [row["text"] for row in read_out(out)] == texts
+
+    src.write_text("\n".join(texts + ["one more line"]) + "\n")
+    r = mtl_main(*args)
+    assert r.returncode == 2 and "differs in inputs" in r.stderr, r.stderr
+
+    (out / stream.MANIFEST).write_text("{not json")
+    r = mtl_main(*args)
+    assert r.returncode == 2 and f"{out / stream.MANIFEST}: unreadable manifest; delete {out} or choose another --out" in r.stderr
+
+    foreign = tmp_path / "photos"
+    foreign.mkdir()
+    (foreign / "holiday.jpg").write_bytes(b"\xff\xd8")
+    r = mtl_main(*args[:3], str(foreign), *args[4:])
+    assert r.returncode == 2 and f"{foreign}: not empty and not an mtl output folder" in r.stderr, r.stderr
+    assert sorted(p.name for p in foreign.iterdir()) == ["holiday.jpg"]
+
+
+# -- corpus scale (slow: 5,000 rows in 10 shards, read in several row groups) ---------------------------------
+N_BIG, CHUNK_BIG = 5_000, 500
 
 
 @pytest.fixture(scope="module")
 def killed_and_resumed(tmp_path_factory, trained):
-    """A 20,000-row streaming predict, SIGKILLed once about half its shards are written, then rerun."""
+    """A 5,000-row streaming predict in 10 shards, SIGKILLed once about half its shards are written, then rerun."""
     tmp = tmp_path_factory.mktemp("big")
     texts = short_texts(N_BIG, "big")
     src = tmp / "corpus.parquet"
-    pq.write_table(pa.table({"text": texts}), src, row_group_size=3000)
-    cache = tmp / "cache"
-    cache.mkdir()
-    (cache / "onnx").symlink_to(paths.CACHE_DIR / "onnx")
+    pq.write_table(pa.table({"text": texts}), src, row_group_size=1300)  # row groups straddle the chunks
+    cache = linked_cache(tmp / "cache")
     out = tmp / "out"
-    cmd = [sys.executable, "-m", "mtl", "predict", str(src), "--out", str(out), "--chunk-size", "2000", "--model", str(trained["path"]), "--cache-dir", str(cache)]
+    cmd = [sys.executable, "-m", "mtl", "predict", str(src), "--out", str(out), "--chunk-size", str(CHUNK_BIG), "--model", str(trained["path"]),
+           "--cache-dir", str(cache)]
     proc = subprocess.Popen(cmd, cwd=ROOT, stderr=subprocess.DEVNULL)
     deadline = time.time() + 1200
     while len(list(out.glob("part-*"))) < 5 and proc.poll() is None and time.time() < deadline:
@@ -382,18 +453,15 @@ def test_sigkill_halfway_then_rerun_loses_and_repeats_no_row(killed_and_resumed)
 @pytest.mark.slow
 def test_ray_engine_with_two_workers_gives_the_rows_of_the_local_engine(killed_and_resumed, tmp_path):
     """`ray job submit` to a `ray start` cluster (a head and a worker node, every server on 127.0.0.1; see test_ray.py):
-    the 20,000-row predict, stopped halfway and submitted again, keeps its finished shards and ends with the local rows."""
-    pytest.importorskip("ray")
+    the 5,000-row predict, stopped halfway and submitted again, keeps its finished shards and ends with the local rows."""
     import psutil
     from test_ray import LOOPBACK, LoopbackCluster, same_rows
 
     run = killed_and_resumed
-    cache = tmp_path / "cache"
-    cache.mkdir()
-    (cache / "onnx").symlink_to(paths.CACHE_DIR / "onnx")  # an empty cache: the Ray workers encode every row themselves
+    cache = linked_cache(tmp_path / "cache")  # an empty cache: the Ray workers encode every row themselves
     out = tmp_path / "ray"
     predict = [sys.executable, "-m", "mtl", "predict", str(run["src"]), "--out", str(out), "--engine", "ray", "--workers", "2",
-               "--chunk-size", "2000", "--model", str(run["trained"]["path"]), "--cache-dir", str(cache)]
+               "--chunk-size", str(CHUNK_BIG), "--model", str(run["trained"]["path"]), "--cache-dir", str(cache)]
     cluster = LoopbackCluster()
     with cluster:
         assert {ip for _, ip, _ in cluster.listening()} <= LOOPBACK
@@ -415,7 +483,7 @@ def test_ray_engine_with_two_workers_gives_the_rows_of_the_local_engine(killed_a
         assert not json.loads((out / "_manifest.json").read_text()).get("complete")
         again = cluster.job("submit", "--submission-id", "again", "--working-dir", ".", "--", *predict)
         assert again.returncode == 0 and "Job 'again' succeeded" in again.stdout + again.stderr, (again.stdout + again.stderr)[-3000:]
-        assert f"20000 rows in 10 shards ({len(before)} finished shards kept from an earlier run)" in again.stdout, again.stdout[-3000:]
+        assert f"{N_BIG} rows in 10 shards ({len(before)} finished shards kept from an earlier run)" in again.stdout, again.stdout[-3000:]
         assert "Ray, 2 workers" in again.stdout
         actors = cluster.job_actors()
         uploaded = cluster.uploaded()

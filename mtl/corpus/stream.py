@@ -110,8 +110,6 @@ def open_out(job: Job) -> tuple[dict, bool]:
         if diff:
             raise MTLError(f"{job.out}: holds a different run (differs in {', '.join(diff)}); rerun with the same arguments to resume, or choose another --out")
         return have, bool(have.get("complete"))
-    if job.out.is_dir() and any(p for p in job.out.iterdir() if not p.name.startswith(".")):
-        raise MTLError(f"{job.out}: not empty and not an mtl output folder; choose an empty or new --out")
     write_text(path, json.dumps(want, indent=1))
     return want, False
 
@@ -134,6 +132,8 @@ def run(job: Job, engine: Engine, name: str = "local engine") -> dict:
 
     if job.out.exists() and not job.out.is_dir():
         raise MTLError(f"{job.out}: is a file; --out takes a folder")
+    if job.out.is_dir() and not (job.out / MANIFEST).is_file() and any(not p.name.startswith(".") for p in job.out.iterdir()):
+        raise MTLError(f"{job.out}: not empty and not an mtl output folder; choose an empty or new --out")  # before writing anything there
     job.out.mkdir(parents=True, exist_ok=True)
     try:
         with FileLock(str(job.out / ".lock"), timeout=0):  # one run per folder: the next step deletes temp files

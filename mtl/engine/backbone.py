@@ -170,4 +170,5 @@ def sentence_transformer(backbone: Backbone, device: str = "cpu"):
 
 def tokenize(model, texts: list[str]):
     """torch: a SentenceTransformer's padded token tensors for `texts` (cut at its `max_seq_length`), on its device."""
-    return {k: v.to(model.device) for k, v in model.tokenize(texts).items()}
+    feats = getattr(model, "preprocess", model.tokenize)(texts)  # `tokenize` before sentence-transformers 6
+    return {k: v.to(model.device) for k, v in feats.items() if hasattr(v, "to")}
