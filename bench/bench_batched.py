@@ -118,6 +118,7 @@ def main() -> None:
     ap.add_argument("--modes", nargs="+", default=["trunk", "linear"], choices=["trunk", "linear"])
     ap.add_argument("--ref-models", type=int, default=10, help="models the one-at-a-time reference trains (scaled to --models)")
     ap.add_argument("--trunk", type=int, default=256)
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="torch threads of the one-process batched runs")
     ap.add_argument("--no-procs", action="store_true", help="skip the two-process run")
     ap.add_argument("--json", default=None, help="default bench/results/batched.json")
     a = ap.parse_args()
@@ -130,16 +131,19 @@ def main() -> None:
         for mode in a.modes:
             ref = reference(mode, a.ref_models, steps, a.trunk) * a.models / a.ref_models
             row = {"mode": mode, "steps": steps, "reference_s": ref}
-            for threads in (1, 2):
+            row["load_avg_before"] = os.getloadavg()[0]
+            for threads in a.threads:
                 row[f"batched_{threads}thread_s"] = batched(mode, a.models, steps, threads, trunk=a.trunk)
             if not a.no_procs:
                 row["two_procs_wall_s"], row["two_procs_train_s"] = two_processes(mode, a.models, steps, a.trunk)
+            row["load_avg_after"] = os.getloadavg()[0]
             best = min(v for k, v in row.items() if k.startswith(("batched", "two_procs_wall")))
             row["speedup_best"] = ref / best
             res["rows"].append(row)
             times = "  ".join(f"{k[:-2]} {v:.1f} s" for k, v in row.items() if k.endswith("_s"))
             print(f"{mode:6} {steps:5} steps, {a.models} models: {times}  | per model-step batched best "
-                  f"{best / a.models / steps * 1e6:.0f} us, reference {ref / a.models / steps * 1e6:.0f} us  -> {row['speedup_best']:.1f}x",
+                  f"{best / a.models / steps * 1e6:.0f} us, reference {ref / a.models / steps * 1e6:.0f} us  -> {row['speedup_best']:.1f}x"
+                  f"  (load {row['load_avg_before']:.1f} -> {row['load_avg_after']:.1f})",
                   flush=True)
             res["machine"]["load_avg_now"] = os.getloadavg()
             path.write_text(json.dumps(res, indent=2))
