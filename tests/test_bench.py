@@ -64,27 +64,49 @@ def test_varlen_is_refused_where_it_cannot_run():
 
 
 def test_bench_scripts_run_their_cheap_modes(tmp_path):
+    """The bench's cheap modes measure what they say: the tokenizer mode the mean token count of the texts as the
+    backbone reads them, the producer mode the batches the torch pipeline's producer cuts (here counted independently)."""
     import bench_encode
+
+    from mtl.engine.tokens import TOKEN_BUDGET, backbone_text
 
     texts = bench_encode.bench_sentences(300)
     assert len(set(texts)) == 300
     slow = sum(not (t.isascii() and "&" not in t) for t in texts) / len(texts)
     assert 0.15 < slow < 0.35  # tweet-like: about a quarter take backbone_text's slow path, as TweetEval's test tweets do
-    for mode in ("tokenizer", "producer", "producer+attention=njt"):
-        info = bench_encode.run_mode(mode, texts, "cpu", tmp_path / "x.npy")
-        assert info["seconds"] > 0 and "failed" not in info
+    lengths = [len(e.ids) for e in tokenizer(resolve_backbone()).encode_batch([backbone_text(t) for t in texts])]
+    info = bench_encode.run_mode("tokenizer", texts, "cpu", tmp_path / "x.npy")
+    assert info["tokens_per_text"] == pytest.approx(np.mean(lengths)) and info["seconds"] > 0 and "failed" not in info
+    for mode, options in (("producer", ""), ("producer+attention=njt", "attention=njt"), ("producer+rows=7", "rows=7")):
+        pipe = te.Pipeline.parse(options)
+        want = len(length_batches(lengths, pipe.token_budget or TOKEN_BUDGET["cpu"], pipe.max_rows))  # 300 texts: one window
+        assert bench_encode.run_mode(mode, texts, "cpu", tmp_path / "x.npy")["batches"] == want, mode
+    assert want >= 300 / 7  # rows=7 really cut more batches
 
 
 def test_host_stand_in_goes_through_encode(monkeypatch, tmp_path):
+    """bench_host times `encode()` with a stand-in network: what it measures must be encode's own host-side work. The
+    stand-in gets each new text once, as the backbone reads it; its vectors land on their rows; the cache answers a rerun."""
     import bench_host
 
     from mtl.engine import embed
+    from mtl.engine.tokens import backbone_text
 
-    monkeypatch.setattr(embed, "load_encoder", lambda *a: bench_host.StandIn(True, "cuda"))
+    seen: list[list[str]] = []
+    stand_in = bench_host.StandIn(True, "cuda")
+    real = stand_in.encode
+    stand_in.encode = lambda texts, span=None: seen.append(list(texts)) or real(texts, span)
+    monkeypatch.setattr(embed, "load_encoder", lambda *a: stand_in)
     monkeypatch.setattr(embed, "device_for", lambda backend, device: "cuda")
-    x, stats = embed.encode(TEXTS, embed.EmbedSpec(cache_dir=tmp_path))
-    assert stats.mode == "torch-fp16" and x.shape == (len(TEXTS), 384)
-    np.testing.assert_allclose(np.linalg.norm(x, axis=1), 1, rtol=1e-5)
+    texts = [*TEXTS, TEXTS[0]]  # a repeated text is one row more, not one encode more
+    x, stats = embed.encode(texts, embed.EmbedSpec(cache_dir=tmp_path))
+    assert stats.mode == "torch-fp16" and (stats.encoded, stats.cached) == (len(TEXTS), 0)
+    assert [t for call in seen for t in call] == [backbone_text(t) for t in TEXTS]
+    np.testing.assert_array_equal(x[: len(TEXTS)], stand_in.pool[: len(TEXTS)])  # call order is row order here
+    np.testing.assert_array_equal(x[-1], x[0])
+    again, stats = embed.encode(texts, embed.EmbedSpec(cache_dir=tmp_path))
+    assert (stats.encoded, stats.cached) == (0, len(TEXTS)) and len(seen) == 1
+    np.testing.assert_array_equal(again, x)
 
 
 @pytest.mark.gpu

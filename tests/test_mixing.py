@@ -6,13 +6,12 @@ import json
 
 import numpy as np
 import pytest
+from test_tune import REPORT_ONLY  # the report-only files, from research.external
 
 from mtl.config import TrainConfig
 from mtl.errors import MTLError
 from mtl.research import curves
 from mtl.train import JointLoss, row_weights
-
-REPORT_ONLY = ("tweeteval_sentiment_test", "financial_phrasebank", "agnews")
 
 
 def _shares(w: np.ndarray, sources: np.ndarray) -> dict[str, float]:
@@ -83,6 +82,29 @@ def test_mix_is_recorded_in_the_checkpoint_and_metrics(tmp_path):
     assert "topic_only.csv:train" in json.loads(metrics.read_text())["metrics"]["by_source"]
 
 
+def test_mix_changes_the_trained_model_where_several_sources_label_a_task(tmp_path):
+    """--mix from the CLI: with two files labelling topic, `equal` and `rows` train other topic heads; sentiment (one
+    source) and a single file are untouched by it, bit for bit."""
+    from conftest import SPORT, mtl_main
+
+    from mtl.checkpoint import load_checkpoint
+
+    extra = tmp_path / "topic_only.csv"
+    extra.write_text("text,topic\n" + "".join(f'"{t}",sports\n' for t in SPORT))
+    state = {}
+    for files, mix in ((2, "rows"), (2, "equal"), (1, "rows"), (1, "equal")):
+        out = tmp_path / f"{files}-{mix}.safetensors"
+        data = ["--data", "data/sentences.csv"] + (["--data", str(extra)] if files == 2 else [])
+        r = mtl_main("train", *data, "--mix", mix, "--epochs", "3", "--device", "cpu", "--out", str(out), "--metrics", str(tmp_path / "m.json"))
+        assert r.returncode == 0, r.stderr
+        state[files, mix] = load_checkpoint(out).state
+    two, one = (state[2, "rows"], state[2, "equal"]), (state[1, "rows"], state[1, "equal"])
+    assert np.abs(two[0]["topic.0.weight"] - two[1]["topic.0.weight"]).max() > 1e-3
+    np.testing.assert_array_equal(two[0]["sentiment.0.weight"], two[1]["sentiment.0.weight"])
+    for key in one[0]:
+        np.testing.assert_array_equal(one[0][key], one[1][key])
+
+
 def test_low_label_draws_are_reproducible_from_their_seed():
     y = np.array([0] * 30 + [1] * 20 + [2] * 3 + [-1] * 10)
     a, b, c = curves.few_labels(y, 4, 11), curves.few_labels(y, 4, 11), curves.few_labels(y, 4, 12)
@@ -93,12 +115,12 @@ def test_low_label_draws_are_reproducible_from_their_seed():
     assert (kept["topic"][~a] == -1).all() and (kept["sentiment"] == y).all()
 
 
-@pytest.mark.external
-def test_choosing_the_mixed_data_defaults_never_opens_a_report_only_file(monkeypatch):
-    """What 08's mixed-source CV reads: the curated data, BBC and TweetEval val; nothing else."""
-    from conftest import external
+@pytest.mark.parametrize("where", ["stand-in", pytest.param("shared", marks=pytest.mark.external)])
+def test_choosing_the_mixed_data_defaults_never_opens_a_report_only_file(where, tmp_path, opened, monkeypatch):
+    """What 08's mixed-source CV reads: the curated data, BBC and TweetEval val; nothing else. Every file Python opens
+    is recorded (an audit hook), on a stand-in external folder (any machine) and on ../shared where it is present."""
+    from conftest import external, standin_external
 
-    from mtl import data as data_module
     from mtl import paths
     from mtl.config import Recipe
     from mtl.engine.embed import EmbedSpec
@@ -106,13 +128,13 @@ def test_choosing_the_mixed_data_defaults_never_opens_a_report_only_file(monkeyp
     from mtl.research import select
     from mtl.tasks import DEFAULT_TASKS
 
-    folder = external(ext.BBC).parent
-    opened: list[str] = []
-    real = data_module.read_table
-    monkeypatch.setattr(data_module, "read_table", lambda p: opened.append(str(p)) or real(p))
+    folder = standin_external(tmp_path / "external") if where == "stand-in" else external(ext.BBC).parent
+    monkeypatch.setenv("MTL_JOBS", "1")  # the folds in this process too, where the hook sees them
+    opened.clear()
     rows = select.train_rows([paths.DATA_CSV, *ext.training_files(folder)], DEFAULT_TASKS, EmbedSpec(backend="onnx"))
     grid = [Recipe("last", TrainConfig(epochs=1, mix=m, device="cpu")) for m in ("rows", "equal")]
     table, _, _ = select.cv_select(grid, lambda _: select.all_in_folds(rows), None, folds=2, per_source=True)
     assert {"cv_bbc_sport_politics.csv:topic_macro_recall", "cv_tweeteval_sentiment_val.csv:sentiment_macro_recall"} <= set(table)
-    assert sorted(opened) == sorted(str(p) for p in [paths.DATA_CSV, folder / ext.BBC, folder / ext.TWEET_VAL])
-    assert not [p for p in opened if any(name in p for name in REPORT_ONLY)]
+    csvs = {p for p in opened if p.endswith(".csv")}
+    assert csvs == {str(p) for p in [paths.DATA_CSV, folder / ext.BBC, folder / ext.TWEET_VAL]}, csvs
+    assert not [p for p in opened if p.endswith(REPORT_ONLY)]

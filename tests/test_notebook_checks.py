@@ -1,13 +1,20 @@
-"""The nbval plugin really attaches the stored outputs: a checked cell whose output differs must fail.
+"""nbval checks what `make test` says it checks: a checked cell whose printed number differs from
+notebooks/checked_outputs.json fails, and a timing or a path in the same output does not.
 
-nbval skips the comparison for a cell without stored outputs, so if `mtl.nbtools.nbval_plugin` stopped
-attaching them, every checked cell would pass silently. Run on a two-cell probe notebook in a temp root.
+nbval skips the comparison for a cell without stored outputs, so if `mtl.nbtools.nbval_plugin` stopped attaching
+them (e.g. dropped from pyproject's `addopts`), every checked cell would pass silently; and a sanitising regex in
+notebooks/nbval_sanitize.cfg that blanked numbers would make every comparison pass. So the probe runs with the
+project's own settings, copied: pyproject.toml (its `addopts` load the plugin; the probe passes no `-p`), the
+sanitising file, and the nbval flags of the Makefile's `test` target.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
+import shutil
 import subprocess
 import sys
 
@@ -17,24 +24,39 @@ from conftest import ROOT
 
 from mtl.nbtools.run import CHECK_MARK
 
+PRINTED = "held-out accuracy 0.984 in 12.3 s, model in /tmp/run-7/m.safetensors"
+CASES = {  # notebook -> (the expected output stored in checked_outputs.json, whether nbval must pass it)
+    "91_same.ipynb": (PRINTED, True),
+    "92_other_timing_and_path.ipynb": ("held-out accuracy 0.984 in 4 s, model in /home/u/x/m.safetensors", True),
+    "93_number_moved.ipynb": ("held-out accuracy 0.899 in 12.3 s, model in /tmp/run-7/m.safetensors", False),
+    "94_last_digit_moved.ipynb": ("held-out accuracy 0.985 in 12.3 s, model in /tmp/run-7/m.safetensors", False),
+}
 
-def _probe(root, printed: str, expected: str) -> subprocess.CompletedProcess:
-    (root / "notebooks").mkdir(exist_ok=True)
-    nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nb.cells = [nbformat.v4.new_code_cell("x = 1"), nbformat.v4.new_code_cell(f"{CHECK_MARK}\nprint({printed!r})")]
-    nbformat.write(nb, root / "notebooks" / "99_probe.ipynb")
-    (root / "notebooks" / "checked_outputs.json").write_text(json.dumps(
-        {"99_probe.ipynb": [[{"name": "stdout", "output_type": "stream", "text": [expected + "\n"]}]]}))
-    (root / "pyproject.toml").write_text("")  # the probe root is an mtl root (paths.ROOT), with no pytest settings of its own
-    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "mtl.nbtools.nbval_plugin", "--nbval-lax", "-p", "no:cacheprovider",
-                           str(root / "notebooks" / "99_probe.ipynb")], capture_output=True, text=True, cwd=root, timeout=300,
-                          env={**os.environ, "MTL_ROOT": str(root), "PYTHONPATH": str(ROOT)})
+
+def make_test_nbval_flags() -> list[str]:
+    """The flags `make test` hands pytest for the notebooks (the Makefile's NBVAL variable)."""
+    line = next(x for x in (ROOT / "Makefile").read_text().splitlines() if re.match(r"^NBVAL\s*:?=", x))
+    return shlex.split(line.split("=", 1)[1])
 
 
 @pytest.mark.slow
-def test_a_checked_cell_whose_output_differs_from_checked_outputs_json_fails(tmp_path):
-    same = _probe(tmp_path, "held-out accuracy 0.984", "held-out accuracy 0.984")
-    assert same.returncode == 0 and "2 passed" in same.stdout, same.stdout[-2000:]
-    moved = _probe(tmp_path, "held-out accuracy 0.984", "held-out accuracy 0.899")
-    assert moved.returncode == 1 and "1 failed" in moved.stdout, moved.stdout[-2000:]
+def test_a_checked_number_that_moves_fails_and_a_timing_or_path_that_moves_does_not(tmp_path):
+    root = tmp_path  # an mtl root (MTL_ROOT) with the project's own test settings
+    shutil.copy(ROOT / "pyproject.toml", root / "pyproject.toml")
+    (root / "notebooks").mkdir()
+    shutil.copy(ROOT / "notebooks" / "nbval_sanitize.cfg", root / "notebooks" / "nbval_sanitize.cfg")
+    stored = {}
+    for name, (expected, _) in CASES.items():
+        nb = nbformat.v4.new_notebook()
+        nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+        nb.cells = [nbformat.v4.new_code_cell("x = 1"), nbformat.v4.new_code_cell(f"{CHECK_MARK}\nprint({PRINTED!r})")]
+        nbformat.write(nb, root / "notebooks" / name)
+        stored[name] = [[{"name": "stdout", "output_type": "stream", "text": [expected + "\n"]}]]
+    (root / "notebooks" / "checked_outputs.json").write_text(json.dumps(stored))
+    flags = make_test_nbval_flags()
+    assert "--nbval-sanitize-with" in flags and not any(f.startswith("-p") and "nbval_plugin" in f for f in flags)
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rA", *flags, "notebooks/"], capture_output=True, text=True, cwd=root,
+                       timeout=300, env={**os.environ, "MTL_ROOT": str(root), "PYTHONPATH": str(ROOT)})
+    for name, (_, passes) in CASES.items():
+        assert f"{'PASSED' if passes else 'FAILED'} notebooks/{name}::Cell 1" in r.stdout, (name, r.stdout[-3000:])
+    assert "6 passed" in r.stdout and "2 failed" in r.stdout, r.stdout[-3000:]

@@ -128,3 +128,39 @@ def test_jupyterlab_serves_the_notebooks(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_make_run_executes_notebooks_into_a_new_runs_folder_with_the_parameters_and_leaves_the_checkout_clean():
+    """`make run` is `mtl notebooks` with the Makefile's flags; `mtl notebooks` injects the parameters a notebook declares,
+    writes executed copies and figures under runs/<timestamp>/, and leaves every tracked and unignored file alone."""
+    import shutil
+
+    from conftest import mtl_main
+
+    from mtl import paths
+
+    dry = subprocess.run(["make", "-n", "run", "SEED=3", "EPOCHS=7"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert dry.returncode == 0 and dry.stdout.split()[-5:] == ["notebooks", "--epochs", "7", "--seed", "3"], dry.stdout
+    assert dry.stdout.strip().splitlines()[-1].split()[0].endswith("mtl")
+
+    def status() -> str:  # where a notebook run could write
+        return subprocess.run(["git", "status", "--porcelain", "--untracked-files=all", "--", "data", "figures", "notebooks", "results",
+                               "saved_models"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+
+    before, runs = status(), set(paths.RUNS_DIR.glob("*"))
+    r = mtl_main("notebooks", "--only", "01", "--seed", "3", "--epochs", "7", "-p", "examples_per_cell", "1")
+    (new,) = set(paths.RUNS_DIR.glob("*")) - runs
+    try:
+        assert r.returncode == 0, r.stderr
+        assert re.fullmatch(r"\d{8}-\d{6}", new.name) and sorted(p.name for p in new.glob("*.ipynb")) == ["01_data.ipynb"]
+        cells = [c for c in json.loads((new / "01_data.ipynb").read_text())["cells"] if c["cell_type"] == "code"]
+        injected = [c for c in cells if "injected-parameters" in c["metadata"].get("tags", [])]
+        assert len(injected) == 1, "papermill injects one parameters cell"
+        given = dict(line.split(" = ", 1) for line in "".join(injected[0]["source"]).splitlines() if " = " in line)
+        assert given["seed"] == "3" and given["examples_per_cell"] == "1" and json.loads(given["figures_dir"]) == str(new / "figures")
+        assert "epochs" not in given  # 01 declares no epochs: a notebook gets only the parameters it declares
+        assert all(c["execution_count"] for c in cells) and not [o for c in cells for o in c["outputs"] if o["output_type"] == "error"]
+        assert status() == before
+    finally:
+        shutil.rmtree(new)

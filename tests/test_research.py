@@ -32,8 +32,10 @@ def test_comparison_table_has_every_method_and_the_heads_beat_majority(tmp_path)
 def test_uncertainty_weighting_learns_finite_task_weights(tmp_path):
     res = train_from_csv(None, config=TrainConfig(epochs=10, weighting="uncertainty", device="cpu"), out=tmp_path / "m.safetensors",
                          metrics_out=tmp_path / "m.json", verbose=False)
-    log_vars = res["meta"]["learned_log_vars"]
-    assert len(log_vars) == 2 and np.isfinite(log_vars).all() and log_vars != [0.0, 0.0]
+    topic, sentiment = res["meta"]["learned_log_vars"]  # s per task: the loss is exp(-s) * L + s, lowest at s = log L
+    # both tasks' losses fall well below 1, so both s leave 0 downward; sentiment, the task with the larger loss, keeps
+    # the larger s (the smaller weight): measured -2.24 (topic) and -1.42 (sentiment) after 10 epochs
+    assert max(topic, sentiment) < -0.5 and sentiment > topic + 0.3, (topic, sentiment)
     assert res["metrics"]["test"]["topic"]["accuracy"] >= 0.9 and res["metrics"]["test"]["sentiment"]["accuracy"] >= 0.75
 
 
