@@ -335,13 +335,17 @@ def _labels(r) -> list[tuple]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("backend, least", [("bf16", 0.99), ("int8", 0.95)])
-def test_opt_in_backends_keep_the_labels_of_the_default_from_the_cli(trained, curated_held_out, backend, least):
+def test_opt_in_backends_keep_the_labels_of_the_default_from_the_cli(trained, curated_held_out, backend, least, tmp_path):
     """`mtl predict --backend bf16|int8` against the fp32 default, on the curated held-out split: bf16 keeps >= 99 % of the
     labels per task (measured on this split: 100 % / 100 %), int8 >= 95 % (measured: 98.6 % topic / 99.0 % sentiment; on tweets
     ~98 % / 95 %, docs/performance.md)."""
+    from conftest import linked_cache
+
     path, n = curated_held_out
-    base = _labels(mtl_main("predict", str(path), "--model", str(trained["path"]), "--format", "jsonl"))
-    other = _labels(mtl_main("predict", str(path), "--model", str(trained["path"]), "--format", "jsonl", "--backend", backend))
+    common = ["predict", str(path), "--model", str(trained["path"]), "--format", "jsonl"]
+    base = _labels(mtl_main(*common))
+    cache = linked_cache(tmp_path / "cache", openvino=True)  # empty: the backend encodes every text (exports shared)
+    other = _labels(mtl_main(*common, "--backend", backend, "--cache-dir", str(cache)))
     assert len(base) == len(other) == n
     for task in (0, 1):
         kept = np.mean([a[task] == b[task] for a, b in zip(base, other)])
