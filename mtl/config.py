@@ -78,6 +78,8 @@ RULES: dict[str, tuple[Callable[[object], bool], str]] = {
     "n_boot": POSITIVE_INT,
     "full": ((lambda v: isinstance(v, bool)), "true or false"),
     "steps": POSITIVE_INT,
+    "adapt_draws": POSITIVE_INT,
+    "adapt_steps": POSITIVE_INT,
     "examples_per_cell": POSITIVE_INT,
     "layers": ((lambda v: isinstance(v, str) and re.fullmatch(r"last|\d+-\d+", v) is not None), "last or a layer range A-B"),
     "compare_lrs": ((lambda v: isinstance(v, list) and all(_num(x) and x > 0 for x in v)), "a list of positive numbers"),

@@ -185,31 +185,37 @@ def forest(diffs, path: str | Path, title: str, label: str = "A - B"):
     return save_figure(fig, path)
 
 
-def learning_curves(curves, path: str | Path, title: str):
-    """Multi- minus single-task against labels per class, with the paired 95 % CI as a band; one panel per
-    (few-label task, scored set), one line per sharing mode. `curves`: `research.stats.paired_table` rows with
-    columns few, mode and k added."""
+def effect_curves(effects, path: str | Path, title: str, panels: tuple[str, str] = ("few_task", "set")):
+    """Differences against labels per class with their 95 % intervals as bands (the low-label effects table:
+    columns comparison, mode, k, diff, lo, hi, p_adj and the `panels` columns); one panel per `panels` pair, one
+    line per (comparison, mode); a filled marker where Holm's adjusted p < 0.05. Every panel shares one y-scale."""
+    import textwrap
+
     import matplotlib.pyplot as plt
 
-    panels = list(dict.fromkeys(zip(curves["few"], curves["set"])))
-    cols = min(3, len(panels))
-    rows_n = -(-len(panels) // cols)
-    fig, axes = plt.subplots(rows_n, cols, figsize=(4.2 * cols, 3.2 * rows_n), squeeze=False)
-    for ax, (few, name) in zip(axes.flat, panels):
-        sub = curves[(curves["few"] == few) & (curves["set"] == name)]
-        ks = list(dict.fromkeys(sub["k"]))
-        xs = np.arange(len(ks))
-        for mode, part in sub.groupby("mode", sort=False):
-            part = part.set_index("k").reindex(ks)
-            ax.plot(xs, part["A_minus_B"], marker="o", label=mode)
-            ax.fill_between(xs, part["ci_lo"].astype(float), part["ci_hi"].astype(float), alpha=0.2)
+    keys = list(dict.fromkeys(zip(effects[panels[0]], effects[panels[1]])))
+    cols = min(3, len(keys))
+    rows_n = -(-len(keys) // cols)
+    ks = list(dict.fromkeys(effects["k"]))  # in the table's order (4, 8, ..., all)
+    fig, axes = plt.subplots(rows_n, cols, figsize=(4.4 * cols, 3.4 * rows_n), squeeze=False, sharey=True)
+    for ax, (a, b) in zip(axes.flat, keys):
+        sub = effects[(effects[panels[0]] == a) & (effects[panels[1]] == b)]
+        for (comparison, mode), part in sub.groupby(["comparison", "mode"], sort=False):
+            part = part.set_index("k").reindex([k for k in ks if k in set(part["k"])])
+            xs = [ks.index(k) for k in part.index]
+            line, = ax.plot(xs, part["diff"], marker="o", mfc="none", label=f"{comparison.replace('_', ' ')}, {mode}")
+            ax.fill_between(xs, part["lo"].astype(float), part["hi"].astype(float), alpha=0.15, color=line.get_color())
+            sig = part["p_adj"] < 0.05
+            ax.plot([x for x, s in zip(xs, sig) if s], part["diff"][sig.to_numpy()], "o", color=line.get_color())
         ax.axhline(0, color="black", lw=0.8)
-        ax.set_xticks(xs, [str(k) for k in ks])
-        ax.set(title=f"{few} few-labelled; scored on {name}", xlabel=f"{few} labels per class", ylabel="multi − single")
-        ax.legend(fontsize=7)
-    for ax in list(axes.flat)[len(panels):]:
+        ax.set_xticks(range(len(ks)), [str(k) for k in ks])
+        ax.set_title("\n".join(textwrap.wrap(f"{a} few-labelled; scored on {b}", 40)), fontsize=8)
+        ax.set_xlabel(f"{a} labels per class", fontsize=8)
+        ax.set_ylabel("A − B (accuracy or macro-recall)", fontsize=8)
+        ax.legend(fontsize=6)
+    for ax in list(axes.flat)[len(keys):]:
         ax.set_axis_off()
-    fig.suptitle(title, fontsize=9)
+    fig.suptitle(title + " (bands: 95 % CI over items and draws; filled: Holm-adjusted p < 0.05)", fontsize=9)
     fig.tight_layout()
     return save_figure(fig, path)
 

@@ -14,7 +14,7 @@ import json
 import math
 import random
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -172,31 +172,34 @@ def optimiser(groups: list[dict], config: TrainConfig):
 
 
 def run_epochs(opt, n: int, batch_size: int, epochs: int, seed: int, batch_loss: Callable, modules: list,
-               after_epoch: Callable[[int, float], None] | None = None) -> None:
+               after_epoch: Callable[[int, float], None] | None = None, batches: Sequence | None = None) -> None:
     """The one mini-batch loop (frozen heads and adapted backbones): each epoch a permutation of the `n` rows drawn
     from a generator seeded with `seed`, cut into batches of `batch_size`; `batch_loss(idx)` gives a batch's loss,
     or None when the batch holds no label of any task (no update). `modules` train in train mode (dropout) and
-    are switched to eval mode before `after_epoch(epoch, mean loss per row)`."""
+    are switched to eval mode before `after_epoch(epoch, mean loss per row)`.
+
+    `batches`: a fixed schedule instead (row-index tensors, one per step, e.g. task-balanced ones from
+    `research.batched.index_stream`), run once as `epochs` = 1."""
     import torch
 
     gen = torch.Generator().manual_seed(seed)
-    for epoch in range(1, epochs + 1):
+    for epoch in range(1, (1 if batches is not None else epochs) + 1):
         for m in modules:
             m.train()
-        perm = torch.randperm(n, generator=gen)
-        total = 0.0
-        for start in range(0, n, batch_size):
-            idx = perm[start : start + batch_size]
+        schedule = batches if batches is not None else torch.randperm(n, generator=gen).split(batch_size)
+        total, seen = 0.0, 0
+        for idx in schedule:
             loss = batch_loss(idx)
             opt.zero_grad(set_to_none=True)
             if loss is not None:
                 loss.backward()
                 opt.step()
                 total += float(loss.detach()) * len(idx)
+            seen += len(idx)
         for m in modules:
             m.eval()
         if after_epoch is not None:
-            after_epoch(epoch, total / n)
+            after_epoch(epoch, total / max(seen, 1))
 
 
 def _train(x_train, y_train, tasks, config, x_test, y_test, on_epoch, dev, prior, sources):

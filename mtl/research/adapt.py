@@ -99,7 +99,7 @@ def _mask(bert, h, attention):
 
 def finetune(texts: list[str], y: dict[str, np.ndarray], tasks: Tasks, recipe: Recipe, adapt: Adapt, prefix: Prefix,
              init_heads=None, sources: np.ndarray | None = None, verbose: bool = True,
-             on_epoch: Callable[[int, object, object], None] | None = None):
+             on_epoch: Callable[[int, object, object], None] | None = None, init_model=None, batches=None):
     """Train the top `adapt.unfreeze` layers + heads on `texts`; return (model, heads, seconds).
 
     `recipe`: the pooled layers and the heads' TrainConfig (loss weighting, mix, balance, seed, device).
@@ -107,6 +107,9 @@ def finetune(texts: list[str], y: dict[str, np.ndarray], tasks: Tasks, recipe: R
     `init_heads`: torch heads trained on the frozen features to start from (copied, not changed).
     `on_epoch(epoch, model, heads)`: called after each epoch in eval mode (CV scores every epoch count from
     one run); its time is not counted in the seconds returned.
+    `init_model`: an adapted model to continue from (copied; default: the pretrained backbone), e.g. the first stage
+    of sequential transfer. `batches`: a fixed schedule of row indices, one tensor per step, instead of
+    `adapt.epochs` shuffled epochs (`train.run_epochs`).
     """
     import torch
 
@@ -121,7 +124,7 @@ def finetune(texts: list[str], y: dict[str, np.ndarray], tasks: Tasks, recipe: R
     texts = [backbone_text(t) for t in texts]  # read the text as the frozen path does
     start = time.perf_counter()
     prefix.add(texts)
-    model = sentence_transformer(prefix.backbone, device)
+    model = copy.deepcopy(init_model).to(device) if init_model is not None else sentence_transformer(prefix.backbone, device)
     bert = model[0].auto_model
     for p in bert.parameters():
         p.requires_grad = False
@@ -146,13 +149,13 @@ def finetune(texts: list[str], y: dict[str, np.ndarray], tasks: Tasks, recipe: R
     def after_epoch(epoch: int, mean_loss: float) -> None:
         nonlocal start
         if verbose:
-            log(f"adapt epoch {epoch}/{adapt.epochs}: loss {mean_loss:.4f} ({time.perf_counter() - start:.0f} s)")
+            log(f"adapt epoch {epoch}/{1 if batches is not None else adapt.epochs}: loss {mean_loss:.4f} ({time.perf_counter() - start:.0f} s)")
         if on_epoch is not None:
             paused = time.perf_counter()
             on_epoch(epoch, model, heads)
             start += time.perf_counter() - paused
 
-    run_epochs(opt, len(texts), adapt.batch_size, adapt.epochs, config.seed, batch_loss, [model, heads], after_epoch)
+    run_epochs(opt, len(texts), adapt.batch_size, adapt.epochs, config.seed, batch_loss, [model, heads], after_epoch, batches)
     return model, heads, time.perf_counter() - start
 
 
@@ -176,16 +179,17 @@ def predict_finetuned(model, heads, texts: list[str], tasks: Tasks, prefix: Pref
     return out
 
 
-def probe_then_adapt(rows: Encoded, tasks: Tasks, recipe: Recipe, adapt: Adapt, prefix: Prefix, verbose: bool = False, on_epoch=None):
+def probe_then_adapt(rows: Encoded, tasks: Tasks, recipe: Recipe, adapt: Adapt, prefix: Prefix, verbose: bool = False, on_epoch=None,
+                     init_model=None, batches=None):
     """Linear probe, then fine-tune: heads trained on the frozen features of `rows`, then the top layers and the
-    heads together on `rows`' texts. Returns (model, heads, seconds)."""
+    heads together on `rows`' texts (from `init_model`, on `batches`: see `finetune`). Returns (model, heads, seconds)."""
     from dataclasses import replace
 
     from mtl.train import train
 
     init, _, _ = train(rows.x, rows.y, tasks, replace(recipe.train, share="none"), sources=rows.sources)
     return finetune(list(rows.frame["text"]), rows.y, tasks, recipe, adapt, prefix, init_heads=init, sources=rows.sources,
-                    verbose=verbose, on_epoch=on_epoch)
+                    verbose=verbose, on_epoch=on_epoch, init_model=init_model, batches=batches)
 
 
 def adapt_predict(method: str, rows: Encoded, texts_te: list[str], tasks: Tasks, recipe: Recipe, adapt: Adapt, prefix: Prefix) -> dict[str, np.ndarray]:

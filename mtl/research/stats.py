@@ -178,9 +178,10 @@ def paired_table(targets: dict, preds: dict[str, dict[str, list[np.ndarray]]], p
 ALPHA = 0.05  # family-wise error rate of every "helps" / "hurts" claim (Holm-adjusted p below it)
 
 
-def verdict(diffs, what: str = "A", diff: str = "A_minus_B", lo: str = "ci_lo", hi: str = "ci_hi", label=None) -> str:
+def verdict(diffs, what: str = "A", diff: str = "A_minus_B", lo: str = "ci_lo", hi: str = "ci_hi", label=None, family: int | None = None) -> str:
     """One sentence from a table of differences with Holm-adjusted p-values (`p_adj`, e.g. `paired_table`): where
-    A − B is above zero, below zero, or not distinguishable from it after the correction (family-wise 5 %)."""
+    A − B is above zero, below zero, or not distinguishable from it after the correction (family-wise 5 %).
+    `family`: how many comparisons the correction ran over (default: the rows given)."""
     label = label or (lambda r: f"{r.set} ({r.A} − {r.B}")
 
     def where(rows) -> str:
@@ -190,6 +191,6 @@ def verdict(diffs, what: str = "A", diff: str = "A_minus_B", lo: str = "ci_lo", 
     better, worse = diffs[sig & (diffs[diff] > 0)], diffs[sig & (diffs[diff] < 0)]
     level = diffs[~sig]
     width = float((level[hi] - level[lo]).max()) if len(level) else 0.0
-    return (f"{what} helps (Holm-adjusted p < {ALPHA:g} over the {len(diffs)} comparisons): {where(better)}. "
+    return (f"{what} helps (Holm-adjusted p < {ALPHA:g}, {family or len(diffs)} comparisons corrected together): {where(better)}. "
             f"It hurts: {where(worse)}. Elsewhere ({len(level)} of {len(diffs)}) no difference can be told apart from zero "
             f"(95 % intervals at most {width:.3f} wide).")
