@@ -180,10 +180,13 @@ class LoopbackCluster:
         psutil.wait_procs(left, timeout=10)
         return killed
 
-    def job(self, *args: str, timeout: float = 900) -> subprocess.CompletedProcess:
-        """`ray job ARGS` against this cluster's dashboard, as a user types it."""
-        return subprocess.run([*RAY, "job", args[0], "--address", self.dashboard, *args[1:]], env=self.env, cwd=ROOT,
-                              capture_output=True, text=True, timeout=timeout)
+    def job(self, *args: str, timeout: float = 900, wait: bool = True):
+        """`ray job ARGS` against this cluster's dashboard, as a user types it: its CompletedProcess, or (`wait=False`)
+        the running Popen."""
+        cmd = [*RAY, "job", args[0], "--address", self.dashboard, *args[1:]]
+        if not wait:
+            return subprocess.Popen(cmd, env=self.env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        return subprocess.run(cmd, env=self.env, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
 
     def uploaded(self) -> set[str]:
         """The top-level names in the copies of `--working-dir` that jobs ran in."""

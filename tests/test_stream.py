@@ -467,19 +467,20 @@ def test_ray_engine_with_two_workers_gives_the_rows_of_the_local_engine(killed_a
         assert {ip for _, ip, _ in cluster.listening()} <= LOOPBACK
         r = cluster.job("submit", "--submission-id", "first", "--working-dir", ".", "--no-wait", "--", *predict)
         assert r.returncode == 0, r.stderr[-3000:]
-        listening, deadline = None, time.time() + 900
-        while len(list(out.glob("part-*"))) < 4 and time.time() < deadline:
-            if listening is None and list(out.glob("part-*")):  # the driver and both actors are running
-                listening = cluster.listening()
+        deadline = time.time() + 900
+        while not list(out.glob("part-*")) and time.time() < deadline:  # the driver and both actors are running
             time.sleep(0.1)
         driver = cluster.driver_of(out)
-        stop = cluster.job("stop", "--no-wait", "first")  # Ray sends the driver SIGTERM, then SIGKILL
-        assert stop.returncode == 0, stop.stderr[-3000:]
+        # `ray job stop` takes seconds to start and reach the driver (Ray sends it SIGTERM, then SIGKILL): sent at the
+        # first shard, it lands about halfway through the 10
+        stop = cluster.job("stop", "--no-wait", "first", wait=False)
+        listening = cluster.listening()
+        assert stop.wait(timeout=300) == 0, stop.stderr.read()[-3000:]
         assert psutil.wait_procs([driver], timeout=60)[0]
         assert listening and any(name == "raylet" for name, _, _ in listening)
         assert {ip for _, ip, _ in listening} <= LOOPBACK, sorted(listening)
         before = {p.name: p.stat().st_mtime_ns for p in out.glob("part-*")}
-        assert 4 <= len(before) < 10, "the stop should land halfway"
+        assert 1 <= len(before) < 10, f"the stop should land halfway: {len(before)} of 10 shards written"
         assert not json.loads((out / "_manifest.json").read_text()).get("complete")
         again = cluster.job("submit", "--submission-id", "again", "--working-dir", ".", "--", *predict)
         assert again.returncode == 0 and "Job 'again' succeeded" in again.stdout + again.stderr, (again.stdout + again.stderr)[-3000:]
