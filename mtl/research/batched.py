@@ -14,8 +14,8 @@ What one model of the batch is (a `Member`), and how it trains:
   for t), `Member.weights[t]` that task's loss weight (default 1; 0 allowed). A task is *active* for a model when it
   has rows and a weight > 0; an inactive task draws nothing and adds nothing, and its head keeps its starting
   weights (as a head without labels does in `mtl.train.train`). So weight 0 is exactly "the task is absent".
-* Task-balanced batches: at every step, every active task of a model draws a batch of b = min(batch_size, its n
-  rows) of its rows: consecutive slices of concatenated random permutations of the rows (an epoch-wise shuffle;
+* Task-balanced batches: at every step, every active task of a model draws a batch of b = min(batch_size or the
+  member's own `batch`, its n rows) of its rows: consecutive slices of concatenated random permutations of the rows (an epoch-wise shuffle;
   a batch may straddle two epochs). The permutations come from a `torch.Generator` seeded from
   (member seed, the task's position in `tasks`, 0), the trunk's dropout masks of that task's rows from one seeded
   from (seed, position, 1) (`stream_seed`). So a task's batches and masks depend on the seed, the task's position,
@@ -69,6 +69,10 @@ class Member:
     rows: Mapping[str, np.ndarray]
     weights: Mapping[str, float] = field(default_factory=dict)
     seed: int = 0
+    batch: int | None = None  # rows per step of each task (default: the config's batch_size), capped by the task's rows
+
+    def batch_of(self, task: str, batch_size: int) -> int:
+        return min(self.batch or batch_size, self.n_rows(task))
 
     def weight(self, task: str) -> float:
         return float(self.weights.get(task, 1.0))
@@ -183,7 +187,7 @@ class _Group:
         self.trunk = config.trunk_width
         self.p = config.dropout if self.trunk else 0.0
         # the active tasks (the same for every model of the group) and their batch sizes, in `tasks` order
-        self.batch = {t: min(config.batch_size, members[0].n_rows(t)) for t in tasks if members[0].active(t)}
+        self.batch = {t: members[0].batch_of(t, config.batch_size) for t in tasks if members[0].active(t)}
         self.tables, self.lam = {}, {}
         for j, t in enumerate(tasks):
             if t not in self.batch:
@@ -320,7 +324,7 @@ def train_many(
             if sorted(s) != sorted(param_names(tasks, trunk)):
                 raise ValueError(f"init: keys {sorted(s)}, expected {sorted(param_names(tasks, trunk))}")
         # group models with the same active tasks and batch sizes (sorted, so the groups do not depend on input order)
-        keys = [tuple(min(config.batch_size, m.n_rows(t)) if m.active(t) else 0 for t in tasks) for m in members]
+        keys = [tuple(m.batch_of(t, config.batch_size) if m.active(t) else 0 for t in tasks) for m in members]
         groups = []
         for key in sorted(set(keys)):
             index = [i for i, k in enumerate(keys) if k == key]

@@ -31,7 +31,7 @@ from mtl.research.curves import few_labels
 from mtl.tasks import Tasks
 
 LAMBDAS = (0.0, 0.03, 0.1, 0.3, 1.0)  # the other task's loss weight; 0: single-task
-CV_FOLDS = 4  # folds over a draw's few-task rows (at most k, so each fold holds out one row per class at k = 4)
+CV_FOLDS = 3  # folds over a draw's few-task rows (stratified; at k = 4 each holds out one or two rows per class)
 CHUNK = 600  # models per batched call: bounds memory (a 256-wide trunk model with Adam state is ~1.6 MB)
 
 
@@ -61,23 +61,27 @@ def _chosen(acc: np.ndarray, loss: np.ndarray) -> int:
 
 def frozen_arms(x: np.ndarray, y: dict[str, np.ndarray], tasks: Tasks, few: str, draws: Sequence[Draw], config: TrainConfig,
                 steps: int, x_eval: np.ndarray, lambdas: Sequence[float] = LAMBDAS, folds: int = CV_FOLDS,
-                threads: int | None = None, progress: str | None = None) -> list[dict]:
+                threads: int | None = 1, progress: str | None = None) -> list[dict]:
     """Single, multi (λ by CV) and sequential arms of every draw, trained as batched programs (`config.share`: heads
     or a trunk). One dict per draw: k, seed, lambda (chosen), cv (λ -> mean held-fold accuracy), and the few
     task's predicted label ids on `x_eval` per arm ("single", "multi", "sequential")."""
+    if lambdas[0] != 0:
+        raise ValueError(f"lambdas must start with 0 (the single-task arm), got {lambdas}")
     other = next(t for t in tasks if t != few)
     other_rows = np.flatnonzero(y[other] >= 0)
+    b = config.batch_size
     plans = []  # per draw: its rows and folds
     cv_members, cv_held, final_members = [], [], []
     for d in draws:
         rows = d.rows(y[few])
         splits = d.folds(y[few][rows], folds)
         plans.append((d, rows, len(splits)))
+        # task-balanced: each step takes as many rows of the other task as of the few one (min(batch_size, few rows))
         for fit, held in splits:
             for lam in lambdas:
-                cv_members.append(batched.Member({few: rows[fit], other: other_rows}, {other: lam}, d.seed))
+                cv_members.append(batched.Member({few: rows[fit], other: other_rows}, {other: lam}, d.seed, min(b, len(fit))))
                 cv_held.append(rows[held])
-        final_members += [batched.Member({few: rows, other: other_rows}, {other: lam}, d.seed) for lam in lambdas]
+        final_members += [batched.Member({few: rows, other: other_rows}, {other: lam}, d.seed, min(b, len(rows))) for lam in lambdas]
     first = {d.seed: batched.Member({other: other_rows}, {}, d.seed) for d in draws}  # sequential stage 1: the other task alone
 
     def fit(members, init=None):
@@ -113,12 +117,12 @@ def frozen_arms(x: np.ndarray, y: dict[str, np.ndarray], tasks: Tasks, few: str,
     return out
 
 
-def balanced_schedule(rows: dict[str, np.ndarray], tasks: Tasks, batch_size: int, steps: int, seed: int) -> list:
-    """Task-balanced batches for one model, as `batched` draws them: per step min(batch_size, n) rows of each task in
+def balanced_schedule(rows: dict[str, np.ndarray], tasks: Tasks, batch: int, steps: int, seed: int) -> list:
+    """Task-balanced batches for one model, as `batched` draws them: per step min(batch, n) rows of each task in
     `rows` (task -> row indices), from that task's stream (seeded by the seed and the task's position in `tasks`)."""
     import torch
 
-    streams = [torch.as_tensor(r, dtype=torch.long)[batched.index_stream(seed, list(tasks).index(t), len(r), min(batch_size, len(r)), steps).long()]
+    streams = [torch.as_tensor(r, dtype=torch.long)[batched.index_stream(seed, list(tasks).index(t), len(r), min(batch, len(r)), steps).long()]
                for t, r in rows.items()]
     return [torch.cat([s[step] for s in streams]) for step in range(steps)]
 
@@ -137,7 +141,7 @@ def adapted_arms(train: Encoded, tasks: Tasks, few: str, draws: Sequence[Draw], 
     def fit(rows: Encoded, use: dict[str, np.ndarray], seed: int, weights: dict[str, float] | None = None, init_model=None):
         sub = {t: tasks[t] for t in use}
         fit_recipe = Recipe(recipe.layers, replace(recipe.train, seed=seed, task_weights=weights or {}))
-        schedule = balanced_schedule(use, tasks, adapt.batch_size, steps, seed)
+        schedule = balanced_schedule(use, tasks, min(adapt.batch_size, len(use.get(few, use[other]))), steps, seed)
         return probe_then_adapt(Encoded(rows.frame, rows.x, {t: rows.y[t] for t in sub}), sub, fit_recipe, adapt, prefix,
                                 init_model=init_model, batches=schedule)
 
