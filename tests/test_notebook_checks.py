@@ -18,7 +18,6 @@ import shutil
 import subprocess
 import sys
 
-import nbformat
 import pytest
 from conftest import ROOT
 
@@ -41,6 +40,8 @@ def make_test_nbval_flags() -> list[str]:
 
 @pytest.mark.slow
 def test_a_checked_number_that_moves_fails_and_a_timing_or_path_that_moves_does_not(tmp_path):
+    import nbformat  # here, not at collection: its jsonschema import costs seconds, which `make test-fast` need not pay
+
     root = tmp_path  # an mtl root (MTL_ROOT) with the project's own test settings
     shutil.copy(ROOT / "pyproject.toml", root / "pyproject.toml")
     (root / "notebooks").mkdir()

@@ -33,6 +33,7 @@ def _tiny_grid(seed: int = 0, **kw):
 
 def test_tune_records_its_choice_and_cv_table_and_never_reads_report_only_sets(tmp_path, monkeypatch, opened):
     monkeypatch.setattr(select, "candidates", _tiny_grid)
+    monkeypatch.setenv("MTL_JOBS", "1")  # four tiny fits: starting worker processes would cost more than they save
     out, metrics = tmp_path / "m.safetensors", tmp_path / "m.json"
     r = mtl_main("train", "--tune", "--tune-folds", "2", "--device", "cpu", "--out", str(out), "--metrics", str(metrics))
     assert r.returncode == 0, r.stderr
@@ -51,6 +52,7 @@ def test_tune_records_its_choice_and_cv_table_and_never_reads_report_only_sets(t
 
 def test_tune_warns_which_explicit_training_flags_it_replaces(tmp_path, monkeypatch):
     monkeypatch.setattr(select, "candidates", _tiny_grid)
+    monkeypatch.setenv("MTL_JOBS", "1")
     r = mtl_main("train", "--tune", "--tune-folds", "2", "--lr", "0.5", "--mix=equal", "--no-class-balanced", "--seed", "3", "--device", "cpu",
                  "--out", str(tmp_path / "m.safetensors"), "--metrics", str(tmp_path / "m.json"))
     assert r.returncode == 0, r.stderr
