@@ -31,8 +31,10 @@ class Checkpoint:
 
     @property
     def layers(self) -> str:
-        """Which frozen layers its heads read (checkpoints from before `--layers` read the last)."""
-        return self.meta.get("layers", "last")
+        """Which frozen layers its heads read (checkpoints from before `--layers` read the default, the last)."""
+        from mtl.engine.embed import EmbedSpec
+
+        return self.meta.get("layers", EmbedSpec.layers)
 
     @property
     def backbone(self) -> str:

@@ -148,17 +148,21 @@ def auto_backend(device: str) -> tuple[str, str]:
 def fastest_cpu_backend() -> tuple[str, str]:
     """The opt-in backend that is fastest on this CPU while keeping the labels, and why (`mtl info` says it; `auto` stays fp32).
 
-    Measured on a 2-core Sapphire Rapids VM with AMX (docs/performance.md; whole-process embed of 4,000 tweets, median
-    of 3): bf16 2.2x the fp32 default, int8 (onnxruntime dynamic) 2.0x; labels kept on TweetEval test: bf16 99.93 % topic
-    / 99.86 % sentiment, int8 98.4 % / 95.2 %. Not measured: CPUs without AMX; there the line says so.
+    Measured (docs/performance.md; whole-process `mtl embed` of 4,000 tweets against the fp32 default, median of 3;
+    labels kept on TweetEval test's 12,284 tweets):
+    - 2-core Sapphire Rapids VM with AMX: bf16 2.2x, int8 (onnxruntime dynamic) 2.0x; bf16 99.93 % topic / 99.86 %
+      sentiment, int8 98.4 % / 95.2 % (bench/reference/encode-cpu-spr-2core.json);
+    - 2-core AMD EPYC with avx512_bf16 and no AMX: bf16 1.55x (3.2x a SentenceTransformer script), int8 2.0x; bf16
+      99.93 % / 99.87 %, int8 98.4 % / 95.2 % (bench/reference/encode-cpu-epyc-2core.json).
+    Not measured: CPUs without bf16 instructions; there the line says so.
     """
     flags = cpu_flags()
     if "amx_bf16" in flags:
         return "bf16", ("OpenVINO bf16 on AMX: 2.2x the fp32 default and 99.9 % of labels kept (measured on a Sapphire Rapids); "
                         "int8 is about as fast (2.0x) but keeps only 95 % of sentiment labels")
     if has_bf16():
-        return "bf16", ("OpenVINO bf16 on avx512_bf16 (no AMX; speed not measured): keeps ~99.9 % of labels; "
-                        "int8 keeps only ~95 % of sentiment labels")
+        return "bf16", ("OpenVINO bf16 on avx512_bf16 (no AMX): 1.55x the fp32 default and 99.9 % of labels kept (measured on an "
+                        "AMD EPYC); int8 is faster (2.0x) but keeps only 95 % of sentiment labels")
     if has_int8_dot():
         return "onnx", ("no bf16 instructions (not measured; OpenVINO bf16 would run fp32); --backend int8 uses VNNI and is faster "
                         "but keeps only ~95 % of sentiment labels on tweets, so fp32 ONNX is the choice that keeps them")
