@@ -24,12 +24,12 @@ from conftest import ROOT
 from mtl.nbtools.run import CHECK_MARK
 
 PRINTED = "held-out accuracy 0.984 in 12.3 s, model in /tmp/run-7/m.safetensors"
-CASES = {  # notebook -> (the expected output stored in checked_outputs.json, whether nbval must pass it)
-    "91_same.ipynb": (PRINTED, True),
-    "92_other_timing_and_path.ipynb": ("held-out accuracy 0.984 in 4 s, model in /home/u/x/m.safetensors", True),
-    "93_number_moved.ipynb": ("held-out accuracy 0.899 in 12.3 s, model in /tmp/run-7/m.safetensors", False),
-    "94_last_digit_moved.ipynb": ("held-out accuracy 0.985 in 12.3 s, model in /tmp/run-7/m.safetensors", False),
-}
+CASES = [  # one checked cell each, all printing PRINTED: (the output stored in checked_outputs.json, whether nbval passes it)
+    (PRINTED, True),
+    ("held-out accuracy 0.984 in 4 s, model in /home/u/x/m.safetensors", True),  # another timing and path
+    ("held-out accuracy 0.899 in 12.3 s, model in /tmp/run-7/m.safetensors", False),  # the number moved
+    ("held-out accuracy 0.985 in 12.3 s, model in /tmp/run-7/m.safetensors", False),  # its last digit moved
+]
 
 
 def make_test_nbval_flags() -> list[str]:
@@ -46,18 +46,16 @@ def test_a_checked_number_that_moves_fails_and_a_timing_or_path_that_moves_does_
     shutil.copy(ROOT / "pyproject.toml", root / "pyproject.toml")
     (root / "notebooks").mkdir()
     shutil.copy(ROOT / "notebooks" / "nbval_sanitize.cfg", root / "notebooks" / "nbval_sanitize.cfg")
-    stored = {}
-    for name, (expected, _) in CASES.items():
-        nb = nbformat.v4.new_notebook()
-        nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-        nb.cells = [nbformat.v4.new_code_cell("x = 1"), nbformat.v4.new_code_cell(f"{CHECK_MARK}\nprint({PRINTED!r})")]
-        nbformat.write(nb, root / "notebooks" / name)
-        stored[name] = [[{"name": "stdout", "output_type": "stream", "text": [expected + "\n"]}]]
-    (root / "notebooks" / "checked_outputs.json").write_text(json.dumps(stored))
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.cells = [nbformat.v4.new_code_cell("x = 1")] + [nbformat.v4.new_code_cell(f"{CHECK_MARK}\nprint({PRINTED!r})") for _ in CASES]
+    nbformat.write(nb, root / "notebooks" / "99_probe.ipynb")
+    stored = [[{"name": "stdout", "output_type": "stream", "text": [expected + "\n"]}] for expected, _ in CASES]
+    (root / "notebooks" / "checked_outputs.json").write_text(json.dumps({"99_probe.ipynb": stored}))
     flags = make_test_nbval_flags()
     assert "--nbval-sanitize-with" in flags and not any(f.startswith("-p") and "nbval_plugin" in f for f in flags)
     r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rA", *flags, "notebooks/"], capture_output=True, text=True, cwd=root,
                        timeout=300, env={**os.environ, "MTL_ROOT": str(root), "PYTHONPATH": str(ROOT)})
-    for name, (_, passes) in CASES.items():
-        assert f"{'PASSED' if passes else 'FAILED'} notebooks/{name}::Cell 1" in r.stdout, (name, r.stdout[-3000:])
-    assert "6 passed" in r.stdout and "2 failed" in r.stdout, r.stdout[-3000:]
+    for cell, (_, passes) in enumerate(CASES, start=1):
+        assert f"{'PASSED' if passes else 'FAILED'} notebooks/99_probe.ipynb::Cell {cell}" in r.stdout, (cell, r.stdout[-3000:])
+    assert "3 passed" in r.stdout and "2 failed" in r.stdout, r.stdout[-3000:]
