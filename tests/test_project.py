@@ -148,7 +148,7 @@ def test_make_run_executes_notebooks_into_a_new_runs_folder_with_the_parameters_
         return subprocess.run(["git", "status", "--porcelain", "--untracked-files=all", "--", "data", "figures", "notebooks", "results",
                                "saved_models"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
 
-    before, runs = status(), set(paths.RUNS_DIR.glob("*"))
+    before, runs, had_runs = status(), set(paths.RUNS_DIR.glob("*")), paths.RUNS_DIR.is_dir()
     r = mtl_main("notebooks", "--only", "01", "--seed", "3", "--epochs", "7", "-p", "examples_per_cell", "1")
     (new,) = set(paths.RUNS_DIR.glob("*")) - runs
     try:
@@ -164,3 +164,5 @@ def test_make_run_executes_notebooks_into_a_new_runs_folder_with_the_parameters_
         assert status() == before
     finally:
         shutil.rmtree(new)
+        if not had_runs and not any(paths.RUNS_DIR.iterdir()):
+            paths.RUNS_DIR.rmdir()  # as it was (Ray's `--working-dir` upload, for one, would carry an empty runs/)
