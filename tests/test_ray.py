@@ -281,8 +281,9 @@ def _local_instance(tmp_path, trained, cache_dir, env):
 
     src = small_corpus(tmp_path)
     common = ["--chunk-size", "100", "--model", str(trained["path"]), "--cache-dir", str(cache_dir)]
-    local = subprocess.run([sys.executable, "-m", "mtl", "predict", str(src), "--out", str(tmp_path / "local"), *common],
-                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    from conftest import mtl_main
+
+    local = mtl_main("predict", str(src), "--out", str(tmp_path / "local"), *common)  # the local engine, in this process
     assert local.returncode == 0, local.stderr[-3000:]
     log = tmp_path / "ray.log"
     with open(log, "w") as fh:
