@@ -103,7 +103,7 @@ def test_the_training_notebook_trains_with_train_configs_defaults():
 
 def test_adaptation_reads_the_recipe_05_publishes():
     nb05 = "".join("".join(c["source"]) for c in _cells(ROOT / "notebooks/05_external_sets.ipynb"))
-    name = re.search(r'out\.json\("(\w+)", recipe_b\.as_dict\(\)\)', nb05).group(1)
+    name = re.search(r'out\.json\("(\w+)", recipe_t\.as_dict\(\)\)', nb05).group(1)
     assert _parameters(ROOT / "notebooks/09_adaptation.ipynb")["recipe_path"] == f"results/05_external_sets/{name}.json"
 
 
