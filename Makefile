@@ -34,11 +34,11 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 endif
 
-run: $(STAMP)  ## all notebooks, headless: executed copies, figures and comparison.csv in runs/<timestamp>/
+run: $(STAMP)  ## all notebooks, headless: executed copies, figures and result tables in runs/<timestamp>/
 	$(BIN)/mtl notebooks $(NB_ARGS)
 
-figures: $(STAMP)  ## the same run, refreshing the committed figures/ and saved_models/comparison.csv on purpose
-	$(BIN)/mtl notebooks --publish $(NB_ARGS)
+figures: $(STAMP)  ## the full experiments (hours on a CPU), refreshing the committed figures/ and results/ on purpose
+	$(BIN)/mtl notebooks --full --publish $(filter-out --full,$(NB_ARGS))
 
 notebook-outputs: $(STAMP)  ## store the outputs nbval checks, after a change that moves a reported number on purpose
 	$(BIN)/mtl notebooks --refresh-outputs

@@ -154,7 +154,7 @@ def build_parser() -> Parser:
     n.add_argument("--only", nargs="*", default=None, help="notebook name prefixes, e.g. 01 03")
     n.add_argument("--out", default=None, help="folder for executed copies (default runs/<timestamp>)")
     n.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"))
-    n.add_argument("--publish", action="store_true", help="write the committed figures/ and saved_models/comparison.csv (make figures)")
+    n.add_argument("--publish", action="store_true", help="write the committed figures/ and results/ (make figures; the research notebooks need --full)")
     n.add_argument("--refresh-outputs", action="store_true", help="store the outputs nbval checks (after a deliberate change in results)")
     n.add_argument("--debug", action="store_true")
     return ap

@@ -20,15 +20,21 @@ def _find_root() -> Path:
 
 
 ROOT = _find_root()
+
+# The curated data and its card (committed).
 DATA_DIR = ROOT / "data"
 DATA_CSV = DATA_DIR / "sentences.csv"
 TEST_SENTENCES = DATA_DIR / "test_sentences.txt"
+
+# The evidence the full runs publish (committed): figures, and the research notebooks' tables (results/<notebook>/<table>.csv).
 FIGURES_DIR = ROOT / "figures"
-RESULTS_DIR = ROOT / "results"  # the research notebooks' tables from their full runs (results/<notebook>/<table>.csv)
-MODELS_DIR = ROOT / "saved_models"
-CHECKPOINT = MODELS_DIR / "multi_task_model.safetensors"
-METRICS_JSON = MODELS_DIR / "metrics.json"
-COMPARISON_CSV = MODELS_DIR / "comparison.csv"
+RESULTS_DIR = ROOT / "results"
+
+# What `mtl train` / 03 write, and `mtl compare`'s table (not committed).
+CHECKPOINT = ROOT / "saved_models" / "multi_task_model.safetensors"
+METRICS_JSON, COMPARISON_CSV = CHECKPOINT.with_name("metrics.json"), CHECKPOINT.with_name("comparison.csv")
+
+# The notebooks, and where `make run` writes executed copies (runs/<timestamp>/).
 NOTEBOOKS_DIR = ROOT / "notebooks"
 RUNS_DIR = ROOT / "runs"
 # Embedding cache and exported ONNX backbones; override to share one cache between checkouts.

@@ -125,24 +125,30 @@ def refresh_checked_outputs(only: list[str] | None = None) -> list[Path]:
 
 def attach_checked_outputs(items) -> None:
     """pytest hook body: give nbval's `# NBVAL_CHECK_OUTPUT` cells their expected output and a count
-    (nbval treats a cell without one as unrun and skips the comparison)."""
-    import nbformat
+    (nbval treats a cell without one as unrun and skips the comparison). A checked cell with nothing stored
+    expects a line saying so, so it fails (with that line in the diff) instead of stopping the whole session."""
     import pytest
+
+    cells = [item for item in items if type(item).__name__ == "IPyNbCell"]
+    if not cells:  # a tests/-only session: no notebook work (nbformat's import alone costs seconds)
+        return
+    import nbformat
 
     expected = json.loads(CHECKED_OUTPUTS.read_text()) if CHECKED_OUTPUTS.is_file() else {}
     seen: dict[str, int] = {}  # checked cells met so far per notebook (items come in notebook order)
-    for item in items:
-        if type(item).__name__ == "IPyNbCell" and (why := skip_reason(Path(str(item.fspath)))):
+    for item in cells:
+        if why := skip_reason(Path(str(item.fspath))):
             item.add_marker(pytest.mark.skip(reason=why))
             continue
         cell = getattr(item, "cell", None)
-        if type(item).__name__ != "IPyNbCell" or cell is None or CHECK_MARK not in cell.source:
+        if cell is None or CHECK_MARK not in cell.source:
             continue
         name = Path(str(item.fspath)).name
         k = seen[name] = seen.get(name, -1) + 1
         outputs = expected.get(name, [])[k] if k < len(expected.get(name, [])) else None
         if outputs is None:
-            raise MTLError(f"{item.fspath}: a {CHECK_MARK} cell has no expected output in {CHECKED_OUTPUTS.name}; run `make notebook-outputs`")
+            outputs = [{"name": "stdout", "output_type": "stream",
+                        "text": [f"no expected output stored in {CHECKED_OUTPUTS.name} for this cell: run `make notebook-outputs`\n"]}]
         # stored one line per list item, as .ipynb files store text; nbval compares the joined string
         cell.outputs = [nbformat.from_dict({**o, "text": "".join(o["text"])}) for o in outputs]
         cell.execution_count = 1

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from mtl import paths
-from mtl.config import TrainConfig
+from mtl.config import FOLDS, TrainConfig
 from mtl.data import load_encoded
 from mtl.engine.embed import EmbedSpec
 from mtl.evaluate import task_metrics
@@ -78,7 +78,7 @@ def predict_sets(method: str, rows, sets: dict, tasks: Tasks, recipe, adapt=None
     return {n: preds[sets[n].task][cuts[i]:cuts[i + 1]] for i, n in enumerate(names)}
 
 
-def compare(data: list[str | Path] | None = None, model: str | Path | None = None, folds: int = 5, spec: EmbedSpec | None = None,
+def compare(data: list[str | Path] | None = None, model: str | Path | None = None, folds: int = FOLDS, spec: EmbedSpec | None = None,
             out: str | Path | None = None, methods: tuple[str, ...] = METHODS):
     """The comparison table (saved as CSV): k-fold CV on the train split (mean, sd) and one score on the held-out split.
 

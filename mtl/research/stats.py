@@ -97,6 +97,18 @@ def _resampled(metric: str, codes: np.ndarray, idx: np.ndarray, k: int) -> np.nd
     return from_confusion(metric, cm)
 
 
+def _draws(rng, n_items: int, n: int, per_seed, resample_seeds: bool) -> np.ndarray:
+    """`n` bootstrap draws of a mean over seeds: each draw resamples the items once, for every seed alike
+    (`per_seed(idx)`: resamples x seeds scores of item-index rows `idx`), and with `resample_seeds` the seeds too."""
+    out = []
+    for start in range(0, n, BLOCK):
+        per = per_seed(rng.integers(0, n_items, (min(BLOCK, n - start), n_items)))
+        if resample_seeds:
+            per = np.take_along_axis(per, rng.integers(0, per.shape[1], per.shape), 1)
+        out.append(per.mean(1))
+    return np.concatenate(out)
+
+
 def bootstrap_ci(y: np.ndarray, pred, metric: str, n: int = N_BOOT, seed: int = 0, n_labels: int | None = None,
                  level: float = 0.95) -> CI:
     """Percentile bootstrap CI of `metric` ("accuracy", "macro_recall", "macro_f1") over test items.
@@ -110,16 +122,12 @@ def bootstrap_ci(y: np.ndarray, pred, metric: str, n: int = N_BOOT, seed: int = 
     preds = list(pred) if isinstance(pred, (list, tuple)) else [pred]
     y, preds = _labelled(y, preds)
     k = _n_labels(y, preds, n_labels)
-    rng = np.random.default_rng(seed)
-    draws = []
-    for b in range(0, n, BLOCK):
-        idx = rng.integers(0, len(y), (min(BLOCK, n - b), len(y)))
-        per = np.stack([_resampled(metric, y * k + p, idx, k) for p in preds], 1)
-        if len(preds) > 1:
-            per = np.take_along_axis(per, rng.integers(0, len(preds), per.shape), 1)
-        draws.append(per.mean(1))
+    def scores(idx):
+        return np.stack([_resampled(metric, y * k + p, idx, k) for p in preds], 1)
+
+    draws = _draws(np.random.default_rng(seed), len(y), n, scores, resample_seeds=len(preds) > 1)
     estimate = float(np.mean([score(metric, y, p, k) for p in preds]))
-    return CI(estimate, *_interval(np.concatenate(draws), level), n_items=len(y), level=level)
+    return CI(estimate, *_interval(draws, level), n_items=len(y), level=level)
 
 
 def paired_bootstrap(y: np.ndarray, preds_a: Sequence[np.ndarray], preds_b: Sequence[np.ndarray], metric: str, n: int = N_BOOT, seed: int = 0,
@@ -140,17 +148,12 @@ def paired_bootstrap(y: np.ndarray, preds_a: Sequence[np.ndarray], preds_b: Sequ
     y, preds = _labelled(y, [*preds_a, *preds_b])
     a, b = preds[: len(preds_a)], preds[len(preds_a):]
     k = _n_labels(y, preds, n_labels)
-    rng = np.random.default_rng(seed)
-    draws = []
-    for start in range(0, n, BLOCK):
-        idx = rng.integers(0, len(y), (min(BLOCK, n - start), len(y)))
-        per = np.stack([_resampled(metric, y * k + pa, idx, k) - _resampled(metric, y * k + pb, idx, k) for pa, pb in zip(a, b)], 1)
-        if resample_seeds:
-            pick = rng.integers(0, len(a), (len(idx), len(a)))
-            per = np.take_along_axis(per, pick, 1)
-        draws.append(per.mean(1))
+
+    def differences(idx):
+        return np.stack([_resampled(metric, y * k + pa, idx, k) - _resampled(metric, y * k + pb, idx, k) for pa, pb in zip(a, b)], 1)
+
+    draws = _draws(np.random.default_rng(seed), len(y), n, differences, resample_seeds)
     per_seed = [score(metric, y, pa, k) - score(metric, y, pb, k) for pa, pb in zip(a, b)]
-    draws = np.concatenate(draws)
     estimate = float(np.mean(per_seed))
     return CI(estimate, *_interval(draws, level), n_items=len(y), level=level, per_seed=per_seed, p=p_value(estimate, draws))
 
