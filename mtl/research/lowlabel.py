@@ -127,11 +127,12 @@ def balanced_schedule(rows: dict[str, np.ndarray], tasks: Tasks, batch: int, ste
     return [torch.cat([s[step] for s in streams]) for step in range(steps)]
 
 
-def adapted_arms(train: Encoded, tasks: Tasks, few: str, draws: Sequence[Draw], lambdas: dict[int, float], recipe: Recipe, adapt: Adapt,
+def adapted_arms(train: Encoded, tasks: Tasks, few: str, draws: Sequence[Draw], lambdas: dict[Draw, float], recipe: Recipe, adapt: Adapt,
                  prefix, steps: int, texts_eval: list[str]) -> list[dict]:
-    """Single, multi (λ from `lambdas[seed]`) and sequential adapted arms of every draw, one model at a time: the top
+    """Single, multi (λ from `lambdas[draw]`) and sequential adapted arms of every draw, one model at a time: the top
     `adapt.unfreeze` layers train with the heads (linear probe, then fine-tune) on task-balanced batches, `steps`
-    updates per stage. Returns dicts like `frozen_arms`' (no cv)."""
+    updates per stage; the sequential arm's first stage (the other task alone) is trained once per seed and serves
+    every k. Returns dicts like `frozen_arms`' (no cv)."""
     from mtl.research.adapt import predict_finetuned, probe_then_adapt
 
     other = next(t for t in tasks if t != few)
@@ -141,7 +142,7 @@ def adapted_arms(train: Encoded, tasks: Tasks, few: str, draws: Sequence[Draw], 
     def fit(rows: Encoded, use: dict[str, np.ndarray], seed: int, weights: dict[str, float] | None = None, init_model=None):
         sub = {t: tasks[t] for t in use}
         fit_recipe = Recipe(recipe.layers, replace(recipe.train, seed=seed, task_weights=weights or {}))
-        schedule = balanced_schedule(use, tasks, min(adapt.batch_size, len(use.get(few, use[other]))), steps, seed)
+        schedule = balanced_schedule(use, tasks, min(adapt.batch_size, len(use[few] if few in use else use[other])), steps, seed)
         return probe_then_adapt(Encoded(rows.frame, rows.x, {t: rows.y[t] for t in sub}), sub, fit_recipe, adapt, prefix,
                                 init_model=init_model, batches=schedule)
 
@@ -155,7 +156,7 @@ def adapted_arms(train: Encoded, tasks: Tasks, few: str, draws: Sequence[Draw], 
         multi = Encoded(train.frame, train.x, y_multi)
         only = train.rows(np.isin(np.arange(len(train.x)), rows))  # the few rows alone, in the same order
         positions = np.arange(len(rows))
-        lam = lambdas[d.seed]
+        lam = lambdas[d]
         m_model, m_heads, _ = fit(multi, {few: rows, other: other_rows}, d.seed, {other: lam})
         s_model, s_heads, _ = fit(only, {few: positions}, d.seed)
         if d.seed not in first:
@@ -178,14 +179,16 @@ def effects(runs: list[dict], targets: dict, n_boot: int) -> object:
     95 % interval (items and draws resampled, `stats.paired_bootstrap`), its p-value, and Holm's adjustment across
     every row of the table (`p_adj`).
 
-    `runs`: dicts with comparison group ("multi_vs_single" or "positive_control"), mode, few, k and `arms`
-    (list over draws of `frozen_arms`/`adapted_arms` dicts), and `sets`: scored-set name -> slice into `x_eval`."""
+    `runs`: dicts with mode, few, k, `arms` (a list over draws of `frozen_arms`/`adapted_arms` dicts), `sets`
+    (scored-set name -> slice of the arms' predictions) and `comparisons` (name -> (arm A, arm B)). The runs are
+    bootstrapped one per core."""
     import pandas as pd
 
+    from mtl.research.jobs import parallel
     from mtl.research.stats import holm, paired_bootstrap
 
-    rows = []
-    for run in runs:
+    def rows_of(run: dict) -> list[dict]:
+        rows = []
         for name, cut in run["sets"].items():
             t = targets[name]
             for comparison, (a, b) in run["comparisons"].items():
@@ -194,6 +197,26 @@ def effects(runs: list[dict], targets: dict, n_boot: int) -> object:
                 rows.append({"comparison": comparison, "mode": run["mode"], "few_task": run["few"], "k": str(run["k"]), "set": name,
                              "metric": t.metric, "n": d.n_items, "draws": len(run["arms"]), "diff": d.estimate, "lo": d.lo, "hi": d.hi,
                              "p": d.p, "lambda_median": float(np.median([r["lambda"] for r in run["arms"]]))})
-    table = pd.DataFrame(rows)
+        return rows
+
+    table = pd.DataFrame([row for rows in parallel(rows_of, runs) for row in rows])
     table.insert(table.columns.get_loc("p") + 1, "p_adj", holm(table["p"]))
     return table
+
+
+def scores(runs: list[dict], targets: dict, n_boot: int, arms: Sequence[str] = ("single", "multi", "sequential")) -> object:
+    """Each arm's own score per run and scored set: the mean over draws with a 95 % interval over items and draws
+    (`stats.bootstrap_ci` on one prediction per draw). One row per (run, set, arm)."""
+    import pandas as pd
+
+    from mtl.research.jobs import parallel
+    from mtl.research.stats import bootstrap_ci
+
+    def rows_of(run: dict) -> list[dict]:
+        return [{"group": run["group"], "mode": run["mode"], "few_task": run["few"], "k": str(run["k"]), "set": name, "arm": arm,
+                 "metric": targets[name].metric, "draws": len(run["arms"]),
+                 **bootstrap_ci(targets[name].y, [a[arm][cut] for a in run["arms"]], targets[name].metric, n=n_boot,
+                                n_labels=targets[name].n_labels).as_dict()}
+                for name, cut in run["sets"].items() for arm in arms]
+
+    return pd.DataFrame([row for rows in parallel(rows_of, runs) for row in rows])
