@@ -23,9 +23,9 @@ INTERVAL = re.compile(rf"({NUM}) \[({NUM}), ({NUM})\]")
 TRIPLES = [("estimate", "ci_lo", "ci_hi"), ("estimate", "lo", "hi"), ("A_minus_B", "ci_lo", "ci_hi"), ("diff", "lo", "hi")]
 
 
-def _norm(text: str) -> str:
-    """A 3-decimal number as text, sign-normalised: '−0.005' -> '-0.005', '+0.003' -> '0.003', '-0.000' -> '0.000'."""
-    v = float(text.replace("−", "-"))
+def _norm(value: str | float) -> str:
+    """A number to 3 decimals as text, sign-normalised: '−0.005' -> '-0.005', '+0.003' -> '0.003', -0.0001 -> '0.000'."""
+    v = float(value.replace("−", "-")) if isinstance(value, str) else float(value)
     return f"{v:.3f}".replace("-0.000", "0.000")
 
 
@@ -37,7 +37,7 @@ def _published() -> dict[tuple[str, str, str], str]:
         for point, lo, hi in TRIPLES:
             if {point, lo, hi} <= set(frame.columns):
                 for row in frame[[point, lo, hi]].dropna().itertuples(index=False):
-                    found.setdefault(tuple(_norm(f"{v:.6f}") for v in row), str(csv.relative_to(ROOT)))
+                    found.setdefault(tuple(_norm(v) for v in row), str(csv.relative_to(ROOT)))
     return found
 
 
@@ -148,3 +148,13 @@ def test_adaptation_uses_the_heads_optimiser_with_the_recipes_weight_decay(monke
     assert len(made) == 1 and type(made[0]).__name__ == "Adam"
     assert [g["weight_decay"] for g in made[0].param_groups] == [0.0123, 0.0123]
     assert [g["lr"] for g in made[0].param_groups] == [Adapt().lr_backbone, Adapt().lr_heads]
+
+
+def test_the_readme_example_prints_what_the_default_model_prints(trained):
+    """README's `echo … | mtl predict -` block shows the output of the model `mtl train` / 03 trains with the defaults."""
+    from conftest import mtl_main
+
+    block = re.search(r"```console\n\$ echo \"(.+)\" \| mtl predict -\n(.+)\n```", (ROOT / "README.md").read_text())
+    r = mtl_main("predict", "-", "--model", str(trained["path"]), stdin=block.group(1) + "\n")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == block.group(2).strip()
