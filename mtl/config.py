@@ -56,7 +56,7 @@ RULES: dict[str, tuple[Callable[[object], bool], str]] = {
     "epochs": POSITIVE_INT,
     "batch_size": POSITIVE_INT,
     "lr": POSITIVE_NUMBER,
-    "task_weight": POSITIVE_NUMBER,
+    "task_weight": ((lambda v: _num(v) and v >= 0), "a number >= 0 (0: the task adds nothing to the loss)"),
     "seed": NONNEG_INT,
     "hidden": NONNEG_INT,
     "folds": ((lambda v: _int(v) and v >= 2), "an integer >= 2"),
