@@ -116,6 +116,7 @@ def test_results_tables_are_written_with_what_made_them(tmp_path, monkeypatch):
     meta = json.loads((tmp_path / "07_low_label" / "meta.json").read_text())
     assert meta["command"] == "mtl notebooks --only 07 --full --publish" and meta["parameters"] == {"draws": 20}
     assert re.fullmatch(r"[0-9a-f]{4,}", meta["commit"]) and meta["date"][:2] == "20" and "cores" in meta["machine"]
+    assert isinstance(meta["uncommitted_changes"], list)  # the paths that differed from the commit, none when clean
     assert meta["files"] == {"effects.csv": {"rows": 1}}
     assert pd.read_csv(tmp_path / "07_low_label" / "effects.csv")["diff"][0] == pytest.approx(0.0123456789, abs=1e-8)
     assert not list((tmp_path / "07_low_label").glob(".*"))  # atomic writes leave no temp files behind

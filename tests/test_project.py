@@ -140,7 +140,7 @@ def test_make_run_executes_notebooks_into_a_new_runs_folder_with_the_parameters_
 
     from mtl import paths
 
-    dry = subprocess.run(["make", "-n", "run", "SEED=3", "EPOCHS=7"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    dry = subprocess.run(["make", "--no-print-directory", "-n", "run", "SEED=3", "EPOCHS=7"], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert dry.returncode == 0 and dry.stdout.split()[-5:] == ["notebooks", "--epochs", "7", "--seed", "3"], dry.stdout
     assert dry.stdout.strip().splitlines()[-1].split()[0].endswith("mtl")
 

@@ -31,12 +31,14 @@ def provenance(notebook: str) -> dict:
     """Command, commit (and whether code differed from it), date and machine of this run."""
     from mtl.engine.devices import cpu_flags, cpu_name
 
-    # results/ and figures/ are what a run writes; any other change means the code differed from the commit
-    dirty = [line for line in _git("status", "--porcelain").splitlines() if not line[3:].startswith(("results/", "figures/"))]
+    # results/ and figures/ are what a run writes and prose (README, docs/) cannot move a number; any other changed path
+    # means the code or data differed from the commit, and is listed
+    dirty = [line[3:] for line in _git("status", "--porcelain").splitlines()
+             if not line[3:].startswith(("results/", "figures/", "docs/")) and line[3:] != "README.md"]
     flags = [f for f in ("avx2", "avx512_vnni", "avx512_bf16", "amx_bf16") if f in cpu_flags()]
     return {"notebook": notebook,
             "command": os.environ.get(COMMAND_ENV) or f"notebooks/{notebook}.ipynb, run in a notebook kernel",
-            "commit": _git("rev-parse", "--short", "HEAD") or "unknown", "uncommitted_changes": bool(dirty),
+            "commit": _git("rev-parse", "--short", "HEAD") or "unknown", "uncommitted_changes": dirty,
             "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
             "machine": f"{cpu_name()}, {os.cpu_count()} logical cores, {' '.join(flags) or 'no AVX2'}"}
 
