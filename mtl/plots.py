@@ -238,7 +238,7 @@ def tradeoff(scores, x_set: str, y_set: str, path: str | Path, title: str):
 
 def methods(comparison, path: str | Path):
     """The comparison table (`research.compare.compare`) at a glance: per task, each method's k-fold CV accuracy on
-    the train split (mean ± sd over folds) and its one held-out score."""
+    the train split (mean ± sd over folds) and its held-out score with its 95 % bootstrap interval."""
     import matplotlib.pyplot as plt
 
     tasks = list(dict.fromkeys(comparison["task"]))
@@ -248,7 +248,8 @@ def methods(comparison, path: str | Path):
     for ax, task in zip(axes[0], tasks):
         rows = comparison[comparison["task"] == task].set_index("method").reindex(names)
         ax.errorbar(rows["cv_accuracy_mean"], pos + 0.12, xerr=rows["cv_accuracy_sd"], fmt="o", capsize=3, label="CV on train (mean ± sd)")
-        ax.plot(rows["test_accuracy"], pos - 0.12, "D", color="tab:red", label="held-out (split=test)")
+        err = np.abs(rows[["test_accuracy_lo", "test_accuracy_hi"]].to_numpy().T - rows["test_accuracy"].to_numpy())
+        ax.errorbar(rows["test_accuracy"], pos - 0.12, xerr=err, fmt="D", color="tab:red", capsize=3, label="held-out (split=test, 95 % CI)")
         ax.set_yticks(pos, names, fontsize=8)
         ax.set(title=task, xlabel="accuracy (fraction)", xlim=(0, 1.02))
         ax.legend(fontsize=7, loc="lower left")
