@@ -129,7 +129,7 @@ def compare(data: list[str | Path] | None = None, model: str | Path | None = Non
                          "cv_macro_f1_mean": f1.mean(), "cv_macro_f1_sd": f1.std(ddof=1),
                          "test_accuracy": test["accuracy"], "test_accuracy_lo": ci.lo if ci else np.nan,
                          "test_accuracy_hi": ci.hi if ci else np.nan, "test_macro_f1": test["macro_f1"]})
-    table = pd.DataFrame(rows).round(4)
+    table = pd.DataFrame(rows)  # full precision: readers round once (a 4-decimal table would round 0.98449 to 0.9845, then 0.985)
     write_text(out or paths.COMPARISON_CSV, table.to_csv(index=False))
     return table
 
