@@ -32,17 +32,19 @@ def _pyproject_reqs() -> dict[str, str]:
 @pytest.mark.parametrize("nb", NOTEBOOKS, ids=[n.name for n in NOTEBOOKS])
 def test_notebook_is_stored_clean_with_one_parameters_cell(nb):
     """Stripped: no outputs, no counts. The output nbval checks lives in notebooks/checked_outputs.json."""
-    from mtl.nbtools.run import CHECK_MARK, CHECKED_OUTPUTS
+    from mtl.nbtools.run import CHECK_MARK, CHECKED_OUTPUTS, checked_key
 
     data = json.loads(nb.read_text())
     code = [c for c in data["cells"] if c["cell_type"] == "code"]
     for c in code:
         assert not c.get("outputs") and c.get("execution_count") is None, "strip outputs (nbstripout)"
-    expected = json.loads(CHECKED_OUTPUTS.read_text()).get(nb.name, [])
+    stored = json.loads(CHECKED_OUTPUTS.read_text())
     checked = [c for c in code if CHECK_MARK in "".join(c["source"])]
-    assert len(expected) == len(checked), "run `make notebook-outputs`"  # every checked cell has its output, none is stale
-    for outputs in expected:
-        assert outputs and all(o["output_type"] == "stream" and o["name"] == "stdout" for o in outputs)
+    for key in {checked_key(nb, external=True), checked_key(nb, external=False)}:  # with ../shared and, where it differs, without
+        expected = stored.get(key, [])
+        assert len(expected) == len(checked), f"{key}: run `make notebook-outputs`"  # every checked cell has its output, none is stale
+        for outputs in expected:
+            assert outputs and all(o["output_type"] == "stream" and o["name"] == "stdout" for o in outputs)
     tagged = [c for c in code if "parameters" in c.get("metadata", {}).get("tags", [])]
     assert len(tagged) == 1 and tagged[0] is code[0]
     assert data["metadata"]["kernelspec"]["name"] == "python3"

@@ -13,6 +13,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+from mtl import paths
 from mtl.nbtools.run import attach_checked_outputs
 
 REDIRECTED = ("figures_dir", "results_dir")
@@ -56,6 +57,8 @@ def pytest_collection_modifyitems(items):
             names = {line.split("=")[0].strip() for line in cell.source.splitlines() if "=" in line}
             cell.source += "".join(f"\n{k} = {str(SESSION.folder / k.removesuffix('_dir'))!r}  # this nbval session's folder"
                                    for k in REDIRECTED if k in names)
+            if "external_dir" in names:  # where this machine keeps them (MTL_EXTERNAL_DIR), as `checked_key` looks
+                cell.source += f"\nexternal_dir = {str(paths.EXTERNAL_DIR)!r}"
 
 
 def pytest_runtest_teardown(item):

@@ -19,6 +19,7 @@ CHECK_MARK = "# NBVAL_CHECK_OUTPUT"  # cells whose printed output is compared by
 # {notebook name: [stdout outputs of each checked cell, in notebook order]}. Not keyed by cell id: nbstripout
 # renumbers ids on commit, so a fresh clone's ids differ from the working copy's.
 CHECKED_OUTPUTS = paths.NOTEBOOKS_DIR / "checked_outputs.json"
+NO_EXTERNAL = " (without the external sets)"  # the key suffix of what a notebook prints when ../shared is absent
 # The kernel warns at every start that it talks over TCP without encryption: a local kernel on 127.0.0.1, so in
 # `make run`'s log that is one line of noise per notebook. Its errors still show.
 KERNEL_ARGS = ["--IPKernelApp.log_level=ERROR"]
@@ -36,6 +37,19 @@ def notebook_list(only: list[str] | None = None) -> list[Path]:
 def needs_external(nb: Path) -> bool:
     """Whether a notebook is about the external sets alone (metadata `mtl.needs_external`): without them it has nothing to run."""
     return bool(json.loads(nb.read_text()).get("metadata", {}).get("mtl", {}).get("needs_external"))
+
+
+def reads_external(nb: Path) -> bool:
+    """Whether a notebook declares an `external_dir` parameter: it scores the external sets when they are present."""
+    cells = json.loads(nb.read_text())["cells"]
+    return any("parameters" in c.get("metadata", {}).get("tags", []) and "external_dir" in "".join(c["source"]) for c in cells)
+
+
+def checked_key(nb: Path, external: bool | None = None) -> str:
+    """Where `nb`'s checked outputs live in CHECKED_OUTPUTS: a notebook that reads the external sets but runs without
+    them (on a user's clone, where ../shared is absent) prints other numbers then, stored under a key of their own."""
+    external = paths.EXTERNAL_DIR.is_dir() if external is None else external
+    return nb.name if external or not reads_external(nb) or needs_external(nb) else nb.name + NO_EXTERNAL
 
 
 def skip_reason(nb: Path) -> str | None:
@@ -77,7 +91,7 @@ def run_all(params: dict, only: list[str] | None = None, out_dir: str | Path | N
     out.mkdir(parents=True, exist_ok=True)
     results = {"figures_dir": paths.FIGURES_DIR, "results_dir": paths.RESULTS_DIR} if publish else \
         {"figures_dir": out / "figures", "results_dir": out / "results"}
-    defaults = {k: str(v) for k, v in results.items()}
+    defaults = {k: str(v) for k, v in {**results, "external_dir": paths.EXTERNAL_DIR}.items()}  # MTL_EXTERNAL_DIR reaches the notebooks
     os.environ[COMMAND_ENV] = command_line(params, only, out_dir, publish)  # the kernels inherit it: results record it
     for nb in chosen:
         if why := skip_reason(nb):
@@ -99,7 +113,8 @@ def run_all(params: dict, only: list[str] | None = None, out_dir: str | Path | N
 
 def refresh_checked_outputs(only: list[str] | None = None) -> list[Path]:
     """Run each notebook with its stored defaults (as nbval does) and store the stdout of its
-    `# NBVAL_CHECK_OUTPUT` cells in CHECKED_OUTPUTS; the notebooks themselves stay stripped.
+    `# NBVAL_CHECK_OUTPUT` cells in CHECKED_OUTPUTS; the notebooks themselves stay stripped. A notebook that reads
+    the external sets runs a second time without them (`checked_key`), as it runs on a clone without ../shared.
 
     Do this on purpose, after a change that moves a reported number, and commit the diff with it.
     """
@@ -110,15 +125,25 @@ def refresh_checked_outputs(only: list[str] | None = None) -> list[Path]:
     from mtl.atomic import write_text
 
     expected = json.loads(CHECKED_OUTPUTS.read_text()) if CHECKED_OUTPUTS.is_file() else {}
+    have_external = paths.EXTERNAL_DIR.is_dir()
     done = []
     with tempfile.TemporaryDirectory() as tmp:
+        absent = str(Path(tmp) / "no-external-sets")
         for nb in notebook_list(only):
-            print(f"refreshing checked outputs of {nb.name}", file=sys.stderr)
-            executed = Path(tmp) / nb.name
-            pm.execute_notebook(str(nb), str(executed), cwd=str(nb.parent), progress_bar=False, kernel_name="python3", extra_arguments=KERNEL_ARGS)
-            expected[nb.name] = [[o for o in c["outputs"] if o["output_type"] == "stream" and o["name"] == "stdout"]
-                                 for c in json.loads(executed.read_text())["cells"] if c["cell_type"] == "code" and CHECK_MARK in "".join(c["source"])]
-            done.append(nb)
+            # without ../shared only the "without" form can be refreshed; with it, both
+            forms = [(have_external, {})] if have_external or not reads_external(nb) else []
+            if reads_external(nb) and not needs_external(nb):
+                forms.append((False, {"external_dir": absent}))
+            for external, params in forms:
+                print(f"refreshing checked outputs of {checked_key(nb, external)}", file=sys.stderr)
+                executed = Path(tmp) / nb.name
+                pm.execute_notebook(str(nb), str(executed), parameters=params, cwd=str(nb.parent), progress_bar=False, kernel_name="python3",
+                                    extra_arguments=KERNEL_ARGS)
+                expected[checked_key(nb, external)] = [
+                    [o for o in c["outputs"] if o["output_type"] == "stream" and o["name"] == "stdout"]
+                    for c in json.loads(executed.read_text())["cells"] if c["cell_type"] == "code" and CHECK_MARK in "".join(c["source"])]
+            if forms:
+                done.append(nb)
     write_text(CHECKED_OUTPUTS, json.dumps(expected, indent=1, ensure_ascii=False, sort_keys=True) + "\n")
     return done
 
@@ -143,7 +168,7 @@ def attach_checked_outputs(items) -> None:
         cell = getattr(item, "cell", None)
         if cell is None or CHECK_MARK not in cell.source:
             continue
-        name = Path(str(item.fspath)).name
+        name = checked_key(Path(str(item.fspath)))
         k = seen[name] = seen.get(name, -1) + 1
         outputs = expected.get(name, [])[k] if k < len(expected.get(name, [])) else None
         if outputs is None:
