@@ -232,11 +232,12 @@ class Encoded:
 
 
 def load_encoded(data: list[str | Path], tasks: Tasks = DEFAULT_TASKS, spec: "EmbedSpec | None" = None, verbose: bool = True,
-                 warn_duplicates: bool = True):
+                 warn_duplicates: bool = True, sample: int | None = None, seed: int = 0):
     """Load, validate and embed one or more CSVs (files may carry different task columns).
 
     Returns (Encoded, EncodeStats); files without a `split` column count as train rows, a file without
-    `domain` is one domain (for leave-one-domain-out CV), and `source` is the file name.
+    `domain` is one domain (for leave-one-domain-out CV), and `source` is the file name. `sample` keeps that
+    many train rows (drawn with `seed`; test rows all stay), chosen before encoding: a quick run embeds only them.
     """
     import pandas as pd
 
@@ -252,5 +253,8 @@ def load_encoded(data: list[str | Path], tasks: Tasks = DEFAULT_TASKS, spec: "Em
             df["domain"] = Path(path).stem
         frames.append(df)
     frame = pd.concat(frames, ignore_index=True)
+    if sample is not None:
+        train = np.flatnonzero(frame["split"].to_numpy() == "train")
+        frame = frame.drop(index=np.random.default_rng(seed).permutation(train)[sample:]).reset_index(drop=True)
     x, stats = encode(list(frame["text"]), spec, verbose=verbose)
     return Encoded(frame, x, label_ids(frame, tasks)), stats

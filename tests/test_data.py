@@ -163,3 +163,23 @@ def test_labels_shown_names_empty_cells_and_leaves_the_data_alone(tmp_path):
     shown = labels_shown(df)
     assert shown["topic"].tolist() == ["sports", NO_LABEL] and shown["sentiment"].tolist() == [NO_LABEL, "neutral"]
     assert label_ids(df, DEFAULT_TASKS)["topic"].tolist() == [0, -1]  # the original frame keeps its missing labels
+
+
+def test_a_sample_of_train_rows_is_drawn_before_encoding_and_keeps_every_test_row(tmp_path, monkeypatch):
+    """`load_encoded(sample=n)` (the quick forms' samples): n train rows drawn with the seed, all test rows, and only
+    those texts reach the encoder."""
+    import numpy as np
+
+    import mtl.engine.embed as embed
+    from mtl.data import load_encoded
+
+    seen = []
+    monkeypatch.setattr(embed, "encode", lambda texts, spec=None, verbose=False: (seen.append(list(texts)) or np.zeros((len(texts), 4)), None))
+    rows = [f"sentence number {i},{'sports' if i % 2 else 'politics'},{'test' if i < 3 else 'train'}" for i in range(20)]
+    (tmp_path / "d.csv").write_text("text,topic,split\n" + "\n".join(rows) + "\n")
+    enc, _ = load_encoded([tmp_path / "d.csv"], {"topic": DEFAULT_TASKS["topic"]}, sample=5, seed=1)
+    tr, te = enc.split()
+    assert len(tr.x) == 5 and len(te.x) == 3 and seen == [list(enc.frame["text"])]
+    again, _ = load_encoded([tmp_path / "d.csv"], {"topic": DEFAULT_TASKS["topic"]}, sample=5, seed=1)
+    other, _ = load_encoded([tmp_path / "d.csv"], {"topic": DEFAULT_TASKS["topic"]}, sample=5, seed=2)
+    assert list(again.frame["text"]) == list(enc.frame["text"]) != list(other.frame["text"])

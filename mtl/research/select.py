@@ -148,11 +148,12 @@ def all_in_folds(rows: Encoded) -> tuple[Encoded, Encoded]:
     return rows.rows(np.zeros(len(rows.x), bool)), rows
 
 
-def train_rows(files: list[str | Path], tasks: Tasks, spec: EmbedSpec) -> Encoded:
-    """The train rows of `files` (held-out `split=test` rows never enter selection), embedded with `spec`.
+def train_rows(files: list[str | Path], tasks: Tasks, spec: EmbedSpec, sample: int | None = None, seed: int = 0) -> Encoded:
+    """The train rows of `files` (held-out `split=test` rows never enter selection), embedded with `spec`;
+    `sample`: that many of them, drawn with `seed` before encoding (a quick form's sample).
 
     Quiet about repeated texts: selection reads the same files many times, and `mtl train` warns once when it trains."""
-    return load_encoded([Path(p) for p in files], tasks, spec, verbose=False, warn_duplicates=False)[0].split()[0]
+    return load_encoded([Path(p) for p in files], tasks, spec, verbose=False, warn_duplicates=False, sample=sample, seed=seed)[0].split()[0]
 
 
 def target_source(data: list[str | Path], target: str | Path) -> str:
