@@ -31,6 +31,8 @@ $(STAMP): pyproject.toml
 	@# umap's first import compiles its numba functions (~15 s, cached in .cache/numba: mtl.plots sets NUMBA_CACHE_DIR),
 	@# here rather than in the first `make run`
 	$(BIN)/python -c "import mtl.plots, umap" 2>/dev/null || true
+	@# the default backend's one-time ONNX export of the backbone (~6 s, into .cache/onnx), here too
+	$(BIN)/python -c "from mtl import paths; from mtl.engine.backbone import resolve_backbone; from mtl.engine.onnx_encoder import export_onnx; export_onnx(resolve_backbone(), paths.CACHE_DIR)"
 	touch $(STAMP)
 endif
 
