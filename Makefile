@@ -28,6 +28,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e ".[dev,scale]"
 	$(BIN)/nbstripout --install --attributes .gitattributes 2>/dev/null || true
+	@# with the filter installed git runs it once on every notebook at the next status (~1 s each): here, not in a test
+	git status --porcelain >/dev/null 2>&1 || true
 	@# umap's first import compiles its numba functions (~15 s, cached in .cache/numba: mtl.plots sets NUMBA_CACHE_DIR),
 	@# here rather than in the first `make run`
 	$(BIN)/python -c "import mtl.plots, umap" 2>/dev/null || true
