@@ -20,7 +20,8 @@ DOCS = [ROOT / "README.md", ROOT / "docs" / "results.md"]
 NUM = r"[+\-−]?\d+\.\d{3}"
 INTERVAL = re.compile(rf"({NUM}) \[({NUM}), ({NUM})\]")
 # (point, low, high) columns of the results tables: scores, paired differences, effects
-TRIPLES = [("estimate", "ci_lo", "ci_hi"), ("estimate", "lo", "hi"), ("A_minus_B", "ci_lo", "ci_hi"), ("diff", "lo", "hi")]
+TRIPLES = [("estimate", "ci_lo", "ci_hi"), ("estimate", "lo", "hi"), ("A_minus_B", "ci_lo", "ci_hi"), ("diff", "lo", "hi"),
+           ("test_accuracy", "test_accuracy_lo", "test_accuracy_hi")]
 
 
 def _norm(value: str | float) -> str:
