@@ -116,7 +116,9 @@ def test_results_tables_are_written_with_what_made_them(tmp_path, monkeypatch):
     out.table("effects", pd.DataFrame({"diff": [0.0123456789], "lo": [-0.01], "hi": [0.03]}))
     meta = json.loads((tmp_path / "07_low_label" / "meta.json").read_text())
     assert meta["command"] == "mtl notebooks --only 07 --full --publish" and meta["parameters"] == {"draws": 20}
-    assert re.fullmatch(r"[0-9a-f]{4,}", meta["commit"]) and meta["date"][:2] == "20" and "cores" in meta["machine"]
+    in_git = (ROOT / ".git").exists()  # the Docker image copies no .git
+    assert (re.fullmatch(r"[0-9a-f]{4,}", meta["commit"]) if in_git else meta["commit"] == "unknown")
+    assert meta["date"][:2] == "20" and "cores" in meta["machine"]
     assert isinstance(meta["uncommitted_changes"], list)  # the paths that differed from the commit, none when clean
     assert meta["files"] == {"effects.csv": {"rows": 1}}
     assert pd.read_csv(tmp_path / "07_low_label" / "effects.csv")["diff"][0] == pytest.approx(0.0123456789, abs=1e-8)

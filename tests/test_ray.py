@@ -1,5 +1,5 @@
 """The Ray engine (`--engine ray`): a local instance, a `ray start` cluster on 127.0.0.1 (`LoopbackCluster`, used by
-the 20,000-row `ray job submit` test in test_stream.py, which reuses the local engine's output there), and the
+the 5,000-row `ray job submit` test in test_stream.py, which reuses the local engine's output there), and the
 one-line errors for a cluster that cannot be reached."""
 
 from __future__ import annotations
@@ -18,7 +18,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import ROOT
+from conftest import ROOT, need_ray
+
+need_ray()  # every test here needs Ray
 
 LOOPBACK = {"127.0.0.1", "::ffff:127.0.0.1", "::1"}
 # Ray replaces 127.0.0.1 by this machine's network address (and its servers bind there, or to every interface)

@@ -455,6 +455,9 @@ def test_ray_engine_with_two_workers_gives_the_rows_of_the_local_engine(killed_a
     """`ray job submit` to a `ray start` cluster (a head and a worker node, every server on 127.0.0.1; see test_ray.py):
     the 5,000-row predict, stopped halfway and submitted again, keeps its finished shards and ends with the local rows."""
     import psutil
+    from conftest import need_ray
+
+    need_ray()
     from test_ray import LOOPBACK, LoopbackCluster, same_rows
 
     run = killed_and_resumed
