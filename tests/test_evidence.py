@@ -162,3 +162,26 @@ def test_the_readme_example_prints_what_the_default_model_prints(trained):
     r = mtl_main("predict", "-", "--model", str(trained["path"]), stdin=block.group(1) + "\n")
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == block.group(2).strip()
+
+
+def test_provenance_lists_the_changed_paths_whole(tmp_path, monkeypatch):
+    """meta.json's `uncommitted_changes` names each changed file as git does (a modified tracked file's line starts
+    with a space), leaving out what a run writes (results/, figures/) and prose."""
+    import subprocess
+
+    from mtl import paths
+    from mtl.nbtools.results import provenance
+
+    def git(*args):
+        subprocess.run(["git", "-c", "user.email=t@t", "-c", "user.name=t", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    git("init", "-q")
+    for name in ("mtl/code.py", "results/x/t.csv", "README.md"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("a\n")
+    git("add", ".")
+    git("commit", "-qm", "first")
+    for name in ("mtl/code.py", "results/x/t.csv", "README.md"):
+        (tmp_path / name).write_text("b\n")
+    monkeypatch.setattr(paths, "ROOT", tmp_path)
+    assert provenance("07_low_label")["uncommitted_changes"] == ["mtl/code.py"]

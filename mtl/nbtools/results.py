@@ -22,7 +22,8 @@ COMMAND_ENV = "MTL_RUN_COMMAND"  # set by the runner (`mtl notebooks …`) for t
 
 def _git(*args: str) -> str:
     try:
-        return subprocess.run(["git", *args], cwd=paths.ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
+        # rstrip only: `status --porcelain` lines start with a space (" M path") that the path slicing counts on
+        return subprocess.run(["git", *args], cwd=paths.ROOT, capture_output=True, text=True, timeout=10).stdout.rstrip()
     except (OSError, subprocess.SubprocessError):
         return ""
 
